@@ -1,0 +1,64 @@
+# Set-up promise: on a fresh clone, `make run` installs everything and starts the
+# service on the embedded models; `make test` installs what tests need and runs them.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+# Debian packages: espeak-ng/sox make test speech; chromium drives the browser
+# test; sip-tester (SIPp) and baresip are the SIP peers; docker-compose validates
+# the deployment file offline.
+APT_RUN := espeak-ng sox
+APT_TEST := $(APT_RUN) libsox-fmt-all chromium chromium-driver sip-tester baresip docker-compose
+
+# moshi pins torch<2.10 and snac/openai-whisper would pull a CUDA torch: they go
+# in without deps; what they really need is in the [native] extra.
+NO_DEPS := moshi==0.2.13 snac==1.2.1 openai-whisper==20250625
+
+.PHONY: run test install system-deps-run system-deps-test bench bench-latency bench-load bench-soak clean
+
+run: system-deps-run $(STAMP)
+	$(VENV)/bin/voice serve
+
+test: system-deps-test $(STAMP)
+	NO_TORCH_COMPILE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	$(PIP) install -q torch==2.13.0
+	@echo ">> installing the service; the first time, pip compiles llama-cpp-python (about 10 minutes on 2 cores)"
+	$(PIP) install --progress-bar off -e '.[native,bench,dev]'
+	$(PIP) install -q --no-deps $(NO_DEPS)
+	$(PY) -c "import torch, llama_cpp, faster_whisper, piper, pipecat, moshi, snac; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+system-deps-run:
+	$(call apt_install,$(APT_RUN))
+
+system-deps-test:
+	$(call apt_install,$(APT_TEST))
+
+bench-latency: system-deps-run $(STAMP)
+	$(PY) -m bench.latency --n 12
+
+bench: system-deps-run $(STAMP)
+	$(VENV)/bin/voice bench make-data out/fdb-data --n 5 --seed 0
+	$(VENV)/bin/voice bench fdb out/fdb-data --task all --pipeline cascaded --out out/fdb
+
+clean:
+	rm -rf $(VENV) out test-output

@@ -1,0 +1,52 @@
+"""The clause chunker cuts streamed LLM tokens into speakable pieces (real pipecat frames)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
+from pipecat.processors.frame_processor import FrameDirection
+
+from voice.tts import ClauseChunker
+
+
+def _chunks(tokens: list[str]) -> list[str]:
+    chunker = ClauseChunker()
+    out: list[str] = []
+
+    async def capture(frame, direction=FrameDirection.DOWNSTREAM):
+        if isinstance(frame, LLMTextFrame):
+            out.append(frame.text.strip())
+
+    chunker.push_frame = capture  # observe what it emits downstream
+
+    async def run():
+        await chunker.process_frame(LLMFullResponseStartFrame(), FrameDirection.DOWNSTREAM)
+        for t in tokens:
+            await chunker.process_frame(LLMTextFrame(t), FrameDirection.DOWNSTREAM)
+        await chunker.process_frame(LLMFullResponseEndFrame(), FrameDirection.DOWNSTREAM)
+
+    asyncio.run(run())
+    return out
+
+
+def _tok(text: str) -> list[str]:
+    words = text.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+def test_first_piece_is_short_then_clauses():
+    pieces = _chunks(_tok("Sure, I can help with that, and here is the rest of it. Bye now."))
+    assert pieces[0] == "Sure, I can help with that,"
+    assert "".join(p.replace(" ", "") for p in pieces) == "Sure,Icanhelpwiththat,andhereistherestofit.Byenow."
+    assert all(p for p in pieces)
+
+
+def test_long_first_clause_is_cut_at_a_word_boundary():
+    pieces = _chunks(_tok("The moon is about three hundred and eighty thousand kilometers away from here."))
+    assert len(pieces[0].split()) == 6
+    assert " ".join(pieces) == "The moon is about three hundred and eighty thousand kilometers away from here."
+
+
+def test_text_without_punctuation_is_flushed_at_the_end():
+    assert _chunks(_tok("ok")) == ["ok"]

@@ -1,0 +1,102 @@
+"""Streaming ASR: keeps the user's turn audio and has its transcript ready at every pause.
+
+Whisper is not incremental, so "streaming" here means: decode the turn so far
+as soon as the VAD reports a pause (not after the endpoint wait), and during
+long speech refresh a partial transcript now and then. The controller gets a
+TranscriptFrame per decode, tagged with a revision so a stale one is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from pipecat.frames.frames import Frame, InputAudioRawFrame, InterimTranscriptionFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from voice.audio import PIPELINE_RATE
+from voice.frames import SpeechStartedFrame, SpeechStoppedFrame, TranscriptFrame, UserTurnEndedFrame
+
+PRE_ROLL_S = 0.3  # audio kept before the VAD onset (the VAD needs start_s to decide)
+TAIL_S = 0.15  # audio kept after the VAD's speech end (soft word endings)
+
+
+class StreamingASRProcessor(FrameProcessor):
+    def __init__(self, transcriber, *, partial_interval_s: float = 0.0, max_turn_s: float = 30.0, **kwargs):
+        super().__init__(**kwargs)
+        self._asr = transcriber
+        self._partial_interval = partial_interval_s
+        self._max_samples = int(max_turn_s * PIPELINE_RATE)
+        self._buf: list[np.ndarray] = []
+        self._buf_samples = 0
+        self._buf_start = 0.0  # input-clock time of the first buffered sample
+        self._clock_samples = 0
+        self._in_turn = False
+        self._speaking = False
+        self._revision = 0
+        self._decoding: asyncio.Task | None = None
+        self._last_partial = 0.0
+
+    @property
+    def now(self) -> float:
+        return self._clock_samples / PIPELINE_RATE
+
+    def _append(self, pcm: bytes) -> None:
+        chunk = np.frombuffer(pcm, dtype=np.int16)
+        self._clock_samples += len(chunk)
+        self._buf.append(chunk)
+        self._buf_samples += len(chunk)
+        limit = self._max_samples if self._in_turn else int(PRE_ROLL_S * PIPELINE_RATE)
+        while self._buf_samples - len(self._buf[0]) >= limit:
+            dropped = self._buf.pop(0)
+            self._buf_samples -= len(dropped)
+        self._buf_start = self.now - self._buf_samples / PIPELINE_RATE
+
+    def _turn_audio(self, until: float) -> np.ndarray:
+        audio = np.concatenate(self._buf) if self._buf else np.zeros(0, np.int16)
+        keep = int(max(0.0, until - self._buf_start) * PIPELINE_RATE)
+        return audio[:keep].astype(np.float32) / 32768.0
+
+    async def _decode(self, until: float, final: bool) -> None:
+        self._revision += 1
+        revision = self._revision
+        audio = self._turn_audio(until)
+        started = time.perf_counter()
+        try:
+            text = await asyncio.to_thread(self._asr.transcribe, audio)
+        except Exception as e:  # a failing ASR must not kill the session
+            await self.push_error(f"ASR failed: {e}", exception=e)
+            text = ""
+        took = time.perf_counter() - started
+        if final:
+            await self.push_frame(TranscriptFrame(text=text, revision=revision, audio_end=until,
+                                                  asr_seconds=took, final=True))
+        elif text:
+            await self.push_frame(InterimTranscriptionFrame(text=text, user_id="user", timestamp=""))
+
+    def _start_decode(self, until: float, final: bool) -> None:
+        self._decoding = self.create_task(self._decode(until, final), name="asr-decode")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            self._append(frame.audio)
+            if (self._speaking and self._partial_interval > 0
+                    and (self._decoding is None or self._decoding.done())
+                    and self.now - self._last_partial >= self._partial_interval):
+                self._last_partial = self.now
+                self._start_decode(self.now, final=False)
+        elif isinstance(frame, SpeechStartedFrame):
+            self._speaking = True
+            if not self._in_turn:
+                self._in_turn = True
+                self._last_partial = self.now
+        elif isinstance(frame, SpeechStoppedFrame):
+            self._speaking = False
+            self._start_decode(frame.end + TAIL_S, final=True)
+        elif isinstance(frame, UserTurnEndedFrame):
+            self._in_turn = False
+            self._append(b"")  # trim to pre-roll
+            return  # consumed: nobody upstream needs it
+        await self.push_frame(frame, direction)

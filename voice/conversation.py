@@ -1,0 +1,77 @@
+"""Per-session conversation state: what the user said, what the agent actually got to say."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TurnMarks:
+    """Input-clock times of one turn's milestones, for the per-turn latency record."""
+
+    turn: int
+    user_text: str = ""
+    speech_end: float | None = None
+    endpoint: float | None = None
+    asr_seconds: float | None = None
+    llm_start: float | None = None
+    llm_first_token: float | None = None
+    tts_first_audio: float | None = None
+    agent_audio_start: float | None = None
+    reported: bool = False
+
+    def metrics(self) -> dict:
+        def gap(a, b):
+            return None if a is None or b is None else round(a - b, 4)
+        return {
+            "endpoint_delay": gap(self.endpoint, self.speech_end),
+            "asr_time": None if self.asr_seconds is None else round(self.asr_seconds, 4),
+            "llm_ttft": gap(self.llm_first_token, self.llm_start),
+            "tts_first_audio": gap(self.tts_first_audio, self.llm_first_token),
+            "voice_to_voice": gap(self.agent_audio_start, self.speech_end),
+        }
+
+
+@dataclass
+class Conversation:
+    system_prompt: str
+    max_messages: int = 40
+    history: list[dict] = field(default_factory=list)
+    marks: dict[int, TurnMarks] = field(default_factory=dict)
+    current_turn: int = 0
+
+    def add_user(self, text: str) -> None:
+        self.history.append({"role": "user", "content": text})
+        self._trim()
+
+    def add_agent_text(self, text: str) -> None:
+        """Append text the listener actually heard (called as audio plays, piece by piece)."""
+        text = text.strip()
+        if not text:
+            return
+        if self.history and self.history[-1]["role"] == "assistant" and not self.history[-1].get("closed"):
+            self.history[-1]["content"] += " " + text
+        else:
+            self.history.append({"role": "assistant", "content": text})
+        self._trim()
+
+    def close_agent_turn(self, interrupted: bool = False) -> None:
+        if self.history and self.history[-1]["role"] == "assistant":
+            self.history[-1]["closed"] = True
+            if interrupted:
+                self.history[-1]["interrupted"] = True
+
+    def messages(self) -> list[dict]:
+        """Chat messages for the LLM: system prompt first, then the conversation."""
+        return [{"role": "system", "content": self.system_prompt}] + [
+            {"role": m["role"], "content": m["content"]} for m in self.history
+        ]
+
+    def mark(self, turn: int) -> TurnMarks:
+        if turn not in self.marks:
+            self.marks[turn] = TurnMarks(turn=turn)
+        return self.marks[turn]
+
+    def _trim(self) -> None:
+        if len(self.history) > self.max_messages:
+            del self.history[: len(self.history) - self.max_messages]

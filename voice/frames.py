@@ -1,0 +1,53 @@
+"""Frames our processors add to pipecat's vocabulary. Times are on the session's input clock (s)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipecat.frames.frames import SystemFrame
+
+
+@dataclass
+class SpeechStartedFrame(SystemFrame):
+    """The VAD heard speech begin (``onset``: when the first speech frame started)."""
+
+    onset: float = 0.0
+
+
+@dataclass
+class SpeechStoppedFrame(SystemFrame):
+    """The VAD heard speech stop (``end``: when the last speech frame ended)."""
+
+    end: float = 0.0
+
+
+@dataclass
+class TranscriptFrame(SystemFrame):
+    """Transcript of the user's turn so far, decoded up to ``audio_end`` (input clock)."""
+
+    text: str = ""
+    revision: int = 0
+    audio_end: float = 0.0
+    asr_seconds: float = 0.0
+    final: bool = True
+
+
+@dataclass
+class UserTurnEndedFrame(SystemFrame):
+    """Upstream signal from the controller: the user's turn is committed; start a new one."""
+
+    turn: int = 0
+
+
+@dataclass
+class ReplyHeldFrame(SystemFrame):
+    """The controller started a speculative reply: hold its audio until confirmed."""
+
+    turn: int = 0
+
+
+@dataclass
+class ReplyReleasedFrame(SystemFrame):
+    """The endpoint is confirmed: play the held reply."""
+
+    turn: int = 0

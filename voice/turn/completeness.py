@@ -1,0 +1,39 @@
+"""Does the transcript so far read like a finished turn? Cheap text cues."""
+
+from __future__ import annotations
+
+import re
+
+# A turn that stops on one of these is almost never finished.
+TRAILING_CONTINUATIONS = {
+    "and", "but", "or", "so", "because", "cause", "if", "then", "that", "which", "who",
+    "when", "where", "while", "with", "to", "of", "for", "in", "on", "at", "from", "about",
+    "the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "this", "these",
+    "is", "are", "was", "were", "be", "i", "we", "you", "they", "he", "she", "it's",
+    "um", "uh", "er", "erm", "hmm", "like", "maybe", "also", "just", "than", "as",
+    "should", "could", "would", "can", "will", "do", "does", "did", "what's", "how",
+}
+FILLERS = {"um", "uh", "er", "erm", "hmm", "mm"}
+
+_WORD = re.compile(r"[a-z']+")
+
+
+def last_words(text: str, n: int = 2) -> list[str]:
+    return _WORD.findall(text.lower())[-n:]
+
+
+def completeness(text: str) -> float:
+    """0 = clearly unfinished, 1 = clearly finished; 0.5 = no evidence either way."""
+    stripped = text.strip()
+    if not stripped:
+        return 0.0
+    words = last_words(stripped, 1)
+    if stripped.endswith(("...", "…", ",", "-", "—")):
+        return 0.1
+    if words and words[0] in TRAILING_CONTINUATIONS:
+        return 0.15
+    if stripped.endswith(("?", "!")):
+        return 0.95
+    if stripped.endswith("."):
+        return 0.8
+    return 0.5
