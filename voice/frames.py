@@ -34,7 +34,8 @@ class TranscriptFrame(SystemFrame):
 
 @dataclass
 class UserTurnEndedFrame(SystemFrame):
-    """Upstream signal from the controller: the user's turn is committed; start a new one."""
+    """From the controller: the user's turn is committed. Upstream, the ASR starts a new
+    turn buffer; downstream (native engine), a half-duplex model starts its reply."""
 
     turn: int = 0
 

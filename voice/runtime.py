@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
@@ -18,6 +19,20 @@ class Runtime:
     synth: PiperSynth
     local_llm: LocalLLM | None
     load_seconds: float = 0.0
+    native_spec: str = "moshi"
+    _native: object = None
+    _native_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def native_model(self):
+        """The native speech-to-speech model, loaded on first use (WeightsNotFound if absent)."""
+        with self._native_lock:
+            if self._native is None:
+                from models.native.loader import load_native
+
+                started = time.perf_counter()
+                self._native = load_native(self.native_spec)
+                logger.info(f"native model {self.native_spec} loaded in {time.perf_counter() - started:.2f}s")
+            return self._native
 
     @classmethod
     def load(cls, settings) -> "Runtime":
@@ -26,9 +41,12 @@ class Runtime:
         transcriber = load_transcriber(settings.asr)
         synth = PiperSynth(settings.tts.voice, settings.tts.speaker_id, settings.tts.length_scale)
         local_llm = None
-        if settings.llm.backend == "llama-cpp":
+        if settings.llm.backend == "llama-cpp" and settings.pipeline == "cascaded":
             local_llm = load_local_llm(settings.llm)
             local_llm.warm_up(settings.llm.system_prompt)
-        runtime = cls(transcriber, synth, local_llm, time.perf_counter() - started)
+        runtime = cls(transcriber, synth, local_llm, time.perf_counter() - started,
+                      native_spec=settings.native.model)
+        if settings.pipeline == "native":
+            runtime.native_model()
         logger.info(f"models loaded in {runtime.load_seconds:.2f}s")
         return runtime

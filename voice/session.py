@@ -15,6 +15,7 @@ from voice.conversation import Conversation
 from voice.gate import ReplyGate
 from voice.events import EventLog, new_session_id
 from voice.llm import make_llm_service
+from voice.native import NativeDuplexProcessor
 from voice.taps import LLMTap, PlayedTextRecorder, TTSTap
 from voice.tts import ClauseChunker, PiperTTSService
 from voice.turn.controller import TurnConfig, TurnController
@@ -44,19 +45,29 @@ class Session:
         await self.worker.cancel()
 
 
-def build_cascaded(transport: BaseTransport, runtime, settings, events: EventLog) -> Session:
+def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
+                  pipeline_kind: str = "cascaded") -> Session:
+    """The same front (VAD, ASR, turn controller) and back (gate, output) around either engine."""
     conversation = Conversation(system_prompt=settings.llm.system_prompt)
-    turn = TurnProcessor(TurnController(TurnConfig(endpoint_silence_s=settings.turn.endpoint_silence_s)),
-                         conversation, events, apology=settings.apology)
+    native = pipeline_kind == "native"
+    turn = TurnProcessor(TurnController(TurnConfig(endpoint_silence_s=settings.turn.endpoint_silence_s,
+                                                   speculate=not native)),
+                         conversation, events, apology=settings.apology, engine=pipeline_kind)
+    if native:
+        engine = [NativeDuplexProcessor(runtime.native_model(), events)]
+    else:
+        engine = [
+            make_llm_service(settings, runtime.local_llm),
+            LLMTap(conversation, events),
+            ClauseChunker(),
+            PiperTTSService(runtime.synth),
+        ]
     pipeline = Pipeline([
         transport.input(),
         VADProcessor(settings.vad),
         StreamingASRProcessor(runtime.transcriber, partial_interval_s=settings.asr.partial_interval_s),
         turn,
-        make_llm_service(settings, runtime.local_llm),
-        LLMTap(conversation, events),
-        ClauseChunker(),
-        PiperTTSService(runtime.synth),
+        *engine,
         TTSTap(conversation, events),
         ReplyGate(),
         transport.output(),
@@ -70,13 +81,14 @@ def build_cascaded(transport: BaseTransport, runtime, settings, events: EventLog
 async def run_session(transport: BaseTransport, runtime, settings, *, transport_name: str,
                       session_id: str | None = None, echo_guard: bool = False,
                       events: EventLog | None = None, caller: str | None = None,
-                      callee: str | None = None, on_start=None) -> EventLog:
+                      callee: str | None = None, on_start=None, pipeline: str | None = None) -> EventLog:
     """Run one conversation until the transport ends it; returns its event log."""
     events = events or EventLog(session_id or new_session_id())
-    session = build_cascaded(transport, runtime, settings, events)
+    pipeline_kind = pipeline or settings.pipeline
+    session = build_session(transport, runtime, settings, events, pipeline_kind)
     if on_start is not None:
         on_start(session)
-    events.emit("session_start", transport=transport_name, pipeline=settings.pipeline,
+    events.emit("session_start", transport=transport_name, pipeline=pipeline_kind,
                 caller=caller, callee=callee, echo_guard=echo_guard)
     try:
         runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)

@@ -140,7 +140,8 @@ def shared_runtime(settings):
     """Models for this settings object, loaded once per process."""
     from voice.runtime import Runtime
 
-    key = json.dumps(settings.model_dump(mode="json", include={"asr", "llm", "tts"}), sort_keys=True, default=str)
+    key = json.dumps(settings.model_dump(mode="json", include={"asr", "llm", "tts", "native", "pipeline"}),
+                     sort_keys=True, default=str)
     if key not in _RUNTIME_CACHE:
         _RUNTIME_CACHE[key] = Runtime.load(settings)
     return _RUNTIME_CACHE[key]
@@ -153,6 +154,9 @@ async def talk_file(input_wav, output_wav, events_path, settings, *, runtime=Non
 
     audio = read_wav(input_wav, PIPELINE_RATE)
     runtime = runtime or shared_runtime(settings)
+    if settings.pipeline == "native" and runtime.native_model().full_duplex:
+        # A full-duplex model talks (or breathes) all the time: there is no "done answering".
+        max_tail_s = min(max_tail_s, 2.0)
     clock = SessionClock()
     events = EventLog(new_session_id(), clock, events_path)
     state = {}

@@ -270,8 +270,10 @@ def _compat_audio_encoder(n_mels: int, n_ctx: int, n_state: int, n_head: int, n_
     from torch.nn import functional as F
 
     class LayerNorm(nn.LayerNorm):
+        # Normalise in fp32 whatever the weights' dtype (bf16 on a GPU), as whisper does.
         def forward(self, x):
-            return super().forward(x.float()).type(x.dtype)
+            return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
+                                self.bias.float(), self.eps).type(x.dtype)
 
     class Attention(nn.Module):
         def __init__(self):
@@ -766,6 +768,8 @@ def build(cfg: MiniOmniConfig, *, device: str = "cpu", dtype=None, seed: int = 0
 
 
 def build_tiny(seed: int = 0, **kwargs) -> MiniOmni:
+    # Random weights never emit end-of-audio: cap replies at ~5 s (60 SNAC frames).
+    kwargs.setdefault("max_steps", 60)
     m = build(TINY, seed=seed, **kwargs)
     m.name = "mini-omni:tiny"
     return m

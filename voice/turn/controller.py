@@ -36,6 +36,7 @@ class TurnConfig:
     max_wait_s: float = 2.5            # longest wait for an unfinished-sounding turn
     barge_in_min_s: float = 0.0        # speech needed before the agent yields (VAD start_s already applies)
     speculate_min_completeness: float = 0.5  # start the reply early only if the turn reads finished
+    speculate: bool = True             # engines that cannot discard a started reply turn it off
 
 
 class TurnController:
@@ -119,7 +120,8 @@ class TurnController:
                 actions.append(Action("discard", text=self.speculating, data={"t": t}))
                 self.speculating = None
             return actions + [Action("commit", text=text, data=info)] + self._set(State.THINKING, t)
-        if self.speculating != text and completeness(text) >= self.config.speculate_min_completeness:
+        if (self.config.speculate and self.speculating != text
+                and completeness(text) >= self.config.speculate_min_completeness):
             actions = []
             if self.speculating is not None:
                 actions.append(Action("discard", text=self.speculating, data={"t": t}))

@@ -24,8 +24,11 @@ from voice.turn.controller import State, TurnController
 
 class TurnProcessor(FrameProcessor):
     def __init__(self, controller: TurnController, conversation: Conversation, events: EventLog,
-                 *, apology: str, **kwargs):
+                 *, apology: str, engine: str = "cascaded", **kwargs):
         super().__init__(**kwargs)
+        # cascaded: the controller prompts the LLM; native: the model hears the audio
+        # itself, so audio passes through and a committed turn is only announced.
+        self._native = engine == "native"
         self.controller = controller
         self.conversation = conversation
         self.events = events
@@ -62,7 +65,9 @@ class TurnProcessor(FrameProcessor):
                                  delay=round(a.data["t"] - a.data["speech_end"], 4))
                 self.conversation.add_user(a.text)
                 await self.push_frame(UserTurnEndedFrame(turn=turn), FrameDirection.UPSTREAM)
-                if a.kind == "confirm":
+                if self._native:
+                    await self.push_frame(UserTurnEndedFrame(turn=turn))
+                elif a.kind == "confirm":
                     await self.push_frame(ReplyReleasedFrame(turn=turn))
                 else:
                     marks.llm_start = a.data["t"]
@@ -79,7 +84,9 @@ class TurnProcessor(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame):
             self._samples += len(frame.audio) // 2
             await self._apply(c.on_tick(self.now))
-            return  # nothing downstream of the controller consumes raw input audio
+            if self._native:
+                await self.push_frame(frame, direction)
+            return  # in the cascaded engine nothing downstream consumes raw input audio
         if isinstance(frame, SpeechStartedFrame):
             self.events.emit("user_speech_start", turn=c.turn + (c.state in (State.LISTENING, State.THINKING, State.AGENT_SPEAKING)), t=frame.onset)
             await self._apply(c.on_speech_started(self.now, frame.onset))
