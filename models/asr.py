@@ -82,7 +82,11 @@ class FasterWhisperTranscriber:
         with self._lock:
             enc = self._model.model.encode(x, to_cpu=False)
             res = self._model.model.generate(
-                enc, [self._prompt], beam_size=self._beam, max_length=max(32, int(window * 12)),
+                # Bounded by speech rate (people say < 6 tokens/s) and no repeated 4-grams:
+                # greedy whisper on short clips can otherwise loop on the same phrase.
+                enc, [self._prompt], beam_size=self._beam,
+                max_length=len(self._prompt) + 8 + int(6 * len(audio) / SAMPLE_RATE),
+                no_repeat_ngram_size=4,
                 suppress_blank=True, suppress_tokens=self._suppress, return_no_speech_prob=True,
                 return_scores=True,
             )[0]

@@ -23,9 +23,11 @@ TAIL_S = 0.15  # audio kept after the VAD's speech end (soft word endings)
 
 
 class StreamingASRProcessor(FrameProcessor):
-    def __init__(self, transcriber, *, partial_interval_s: float = 0.0, max_turn_s: float = 30.0, **kwargs):
+    def __init__(self, transcriber, *, executor=None, partial_interval_s: float = 0.0,
+                 max_turn_s: float = 30.0, **kwargs):
         super().__init__(**kwargs)
         self._asr = transcriber
+        self._executor = executor
         self._partial_interval = partial_interval_s
         self._max_samples = int(max_turn_s * PIPELINE_RATE)
         self._buf: list[np.ndarray] = []
@@ -64,7 +66,7 @@ class StreamingASRProcessor(FrameProcessor):
         audio = self._turn_audio(until)
         started = time.perf_counter()
         try:
-            text = await asyncio.to_thread(self._asr.transcribe, audio)
+            text = await asyncio.get_running_loop().run_in_executor(self._executor, self._asr.transcribe, audio)
         except Exception as e:  # a failing ASR must not kill the session
             await self.push_error(f"ASR failed: {e}", exception=e)
             text = ""

@@ -90,7 +90,8 @@ def cmd_talk(args) -> int:
     _configure_logging(settings.log_level if args.verbose else "WARNING")
     if not Path(args.input).exists():
         raise UserError(f"input file not found: {args.input}")
-    result = asyncio.run(talk_file(args.input, args.output, args.events, settings))
+    result = asyncio.run(talk_file(args.input, args.output, args.events, settings, echo_guard=args.echo_guard,
+                                   simulate_echo_db=args.simulate_echo_db))
     for m in result.turn_metrics():
         v2v = m.get("voice_to_voice")
         print(f"turn {m['turn']}: v2v {v2v:.3f}s  endpoint {m['endpoint_delay']}s  asr {m['asr_time']}s  "
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output WAV, time-synchronous with the input")
     p.add_argument("--events", help="write the JSONL event log here")
     p.add_argument("-v", "--verbose", action="store_true", help="log pipeline events to stderr")
+    p.add_argument("--echo-guard", action="store_true", help="guard against the agent's own voice (no client AEC)")
+    p.add_argument("--simulate-echo-db", type=float, default=None, metavar="DB",
+                   help="feed the agent's output back into the input at this gain, e.g. -6 (a speakerphone)")
     p.set_defaults(func=cmd_talk)
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")

@@ -39,6 +39,28 @@ class Conversation:
     history: list[dict] = field(default_factory=list)
     marks: dict[int, TurnMarks] = field(default_factory=dict)
     current_turn: int = 0
+    reply_generated: str = ""   # everything the engine produced for the current reply
+    reply_played: str = ""      # the part of it the listener heard
+
+    def start_reply(self) -> None:
+        self.reply_generated = ""
+        self.reply_played = ""
+
+    def add_generated(self, text: str) -> None:
+        self.reply_generated += text
+
+    def unplayed_remainder(self) -> str:
+        """What the agent had still to say when it was cut off (from the cut clause on)."""
+        generated = " ".join(self.reply_generated.split())
+        played = " ".join(self.reply_played.split())
+        if played and generated.startswith(played):
+            return generated[len(played):].strip()
+        return generated if not played else ""
+
+    def reopen_agent_turn(self) -> None:
+        if self.history and self.history[-1]["role"] == "assistant":
+            self.history[-1].pop("closed", None)
+            self.history[-1].pop("interrupted", None)
 
     def add_user(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
@@ -49,6 +71,7 @@ class Conversation:
         text = text.strip()
         if not text:
             return
+        self.reply_played += " " + text
         if self.history and self.history[-1]["role"] == "assistant" and not self.history[-1].get("closed"):
             self.history[-1]["content"] += " " + text
         else:

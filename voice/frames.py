@@ -52,3 +52,12 @@ class ReplyReleasedFrame(SystemFrame):
     """The endpoint is confirmed: play the held reply."""
 
     turn: int = 0
+
+
+@dataclass
+class TurnProbabilityFrame(SystemFrame):
+    """Smart Turn's probability that the user's turn is complete, for audio up to ``audio_end``."""
+
+    probability: float = 0.0
+    audio_end: float = 0.0
+    seconds: float = 0.0

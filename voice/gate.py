@@ -8,7 +8,7 @@ interruption (the user kept talking) drops them silently.
 
 from __future__ import annotations
 
-from pipecat.frames.frames import Frame, InterruptionFrame, SystemFrame
+from pipecat.frames.frames import CancelFrame, EndFrame, Frame, InterruptionFrame, SystemFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice.frames import ReplyHeldFrame, ReplyReleasedFrame
@@ -32,7 +32,9 @@ class ReplyGate(FrameProcessor):
             for f in held:
                 await self.push_frame(f)
             return
-        if isinstance(frame, InterruptionFrame):
+        if isinstance(frame, (InterruptionFrame, EndFrame, CancelFrame)):
+            # Interrupted, or the session ends before the endpoint was confirmed:
+            # the held reply was never heard, and the end must get through.
             self._holding = False
             self._held = []
         elif self._holding and direction == FrameDirection.DOWNSTREAM and not isinstance(frame, SystemFrame):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 
@@ -10,7 +11,9 @@ from loguru import logger
 
 from models.asr import Transcriber, load_transcriber
 from models.llm import LocalLLM, load_local_llm
+from models.backchannel import synthesize_backchannels
 from models.tts import PiperSynth
+from models.turn import SmartTurn
 
 
 @dataclass
@@ -18,7 +21,12 @@ class Runtime:
     transcriber: Transcriber
     synth: PiperSynth
     local_llm: LocalLLM | None
+    smart_turn: SmartTurn
+    backchannels: list = field(default_factory=list)
     load_seconds: float = 0.0
+    # Pause-time analysis (ASR, then Smart Turn) runs here in arrival order: on
+    # 2 cores, two models at once make both slower than one after the other.
+    analysis: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="analysis"))
     native_spec: str = "moshi"
     _native: object = None
     _native_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -44,7 +52,9 @@ class Runtime:
         if settings.llm.backend == "llama-cpp" and settings.pipeline == "cascaded":
             local_llm = load_local_llm(settings.llm)
             local_llm.warm_up(settings.llm.system_prompt)
-        runtime = cls(transcriber, synth, local_llm, time.perf_counter() - started,
+        smart_turn = SmartTurn()
+        backchannels = synthesize_backchannels(synth)
+        runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
                       native_spec=settings.native.model)
         if settings.pipeline == "native":
             runtime.native_model()

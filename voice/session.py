@@ -13,12 +13,14 @@ from pipecat.workers.runner import WorkerRunner
 from voice.asr import StreamingASRProcessor
 from voice.conversation import Conversation
 from voice.gate import ReplyGate
+from voice.echo import EchoGuard, PlaybackTap
 from voice.events import EventLog, new_session_id
 from voice.llm import make_llm_service
 from voice.native import NativeDuplexProcessor
 from voice.taps import LLMTap, PlayedTextRecorder, TTSTap
 from voice.tts import ClauseChunker, PiperTTSService
-from voice.turn.controller import TurnConfig, TurnController
+from voice.smart_turn import SmartTurnProcessor
+from voice.turn.controller import TurnController
 from voice.turn.processor import TurnProcessor
 from voice.vad import VADProcessor
 
@@ -46,13 +48,13 @@ class Session:
 
 
 def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
-                  pipeline_kind: str = "cascaded") -> Session:
+                  pipeline_kind: str = "cascaded", echo_guard: bool = False) -> Session:
     """The same front (VAD, ASR, turn controller) and back (gate, output) around either engine."""
     conversation = Conversation(system_prompt=settings.llm.system_prompt)
     native = pipeline_kind == "native"
-    turn = TurnProcessor(TurnController(TurnConfig(endpoint_silence_s=settings.turn.endpoint_silence_s,
-                                                   speculate=not native)),
-                         conversation, events, apology=settings.apology, engine=pipeline_kind)
+    turn_config = settings.turn.controller_config(speculate=not native)
+    turn = TurnProcessor(TurnController(turn_config), conversation, events, apology=settings.apology,
+                         engine=pipeline_kind, backchannels=runtime.backchannels if turn_config.backchannels else ())
     if native:
         engine = [NativeDuplexProcessor(runtime.native_model(), events)]
     else:
@@ -62,15 +64,20 @@ def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
             ClauseChunker(),
             PiperTTSService(runtime.synth),
         ]
+    guard = EchoGuard(events.clock, ratio=settings.vad.echo_ratio) if echo_guard else None
     pipeline = Pipeline([
         transport.input(),
-        VADProcessor(settings.vad),
-        StreamingASRProcessor(runtime.transcriber, partial_interval_s=settings.asr.partial_interval_s),
+        VADProcessor(settings.vad, echo_guard=guard),
+        # ASR before Smart Turn: both queue on one analysis thread, the transcript first.
+        StreamingASRProcessor(runtime.transcriber, executor=runtime.analysis,
+                              partial_interval_s=settings.asr.partial_interval_s),
+        SmartTurnProcessor(runtime.smart_turn, executor=runtime.analysis),
         turn,
         *engine,
         TTSTap(conversation, events),
         ReplyGate(),
         transport.output(),
+        *([PlaybackTap(guard)] if guard else []),
         PlayedTextRecorder(conversation, events),
     ])
     worker = PipelineWorker(pipeline, params=PipelineParams(enable_metrics=False),
@@ -85,7 +92,7 @@ async def run_session(transport: BaseTransport, runtime, settings, *, transport_
     """Run one conversation until the transport ends it; returns its event log."""
     events = events or EventLog(session_id or new_session_id())
     pipeline_kind = pipeline or settings.pipeline
-    session = build_session(transport, runtime, settings, events, pipeline_kind)
+    session = build_session(transport, runtime, settings, events, pipeline_kind, echo_guard)
     if on_start is not None:
         on_start(session)
     events.emit("session_start", transport=transport_name, pipeline=pipeline_kind,

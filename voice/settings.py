@@ -78,13 +78,42 @@ class VADSettings(BaseModel):
     # Silence that ends a stretch of speech (a pause; the turn controller
     # decides whether the pause is a turn end).
     stop_s: float = Field(0.15, ge=0.06, le=2.0)
+    # Echo guard (phones, speakers): a mic frame counts as the user only if its peak
+    # exceeds this fraction of the agent's recent playback peak (6 dB echo loss).
+    echo_ratio: float = Field(0.5, gt=0.0, le=4.0)
 
 
 class TurnSettings(BaseModel):
-    # Silence after speech before the turn is taken as finished.
+    """Turn-taking thresholds (see voice/turn/controller.py and docs/turn-taking.md)."""
+
+    # Silence before a turn that reads complete (Smart Turn + text cues) is taken as ended:
+    # a question, a statement, mixed evidence, a turn that reads unfinished ("and", "um").
     endpoint_silence_s: float = Field(0.45, ge=0.1, le=3.0)
-    # Speculative decode starts after this much silence.
-    speculate_after_s: float = Field(0.2, ge=0.06, le=2.0)
+    statement_wait_s: float = Field(0.6, ge=0.1, le=5.0)
+    mid_wait_s: float = Field(1.0, ge=0.1, le=5.0)
+    max_wait_s: float = Field(2.5, ge=0.2, le=8.0)
+    # Long turns are monologues: the wait at a statement grows with the speech so far.
+    monologue_wait_per_s: float = Field(0.1, ge=0.0, le=1.0)
+    monologue_max_wait_s: float = Field(1.6, ge=0.1, le=8.0)
+    # Fused P(turn complete) = w * SmartTurn + (1 - w) * text cues; thresholds for short/long waits.
+    smart_turn_weight: float = Field(0.35, ge=0.0, le=1.0)
+    complete_p: float = Field(0.6, ge=0.0, le=1.0)
+    incomplete_p: float = Field(0.3, ge=0.0, le=1.0)
+    speculate: bool = True
+    speculate_lead_s: float = Field(0.6, ge=0.0, le=3.0)
+    backchannels: bool = True
+    backchannel_min_turn_s: float = Field(3.0, ge=0.0)
+    backchannel_after_s: float = Field(0.35, ge=0.05, le=3.0)
+    backchannel_min_interval_s: float = Field(5.0, ge=0.5)
+    # After a cough/noise/"yeah" cut the agent off: silence before it resumes.
+    resume_after_s: float = Field(0.3, ge=0.0, le=3.0)
+
+    def controller_config(self, *, speculate: bool = True):
+        from voice.turn.controller import TurnConfig
+
+        data = self.model_dump()
+        data["speculate"] = self.speculate and speculate
+        return TurnConfig(**data)
 
 
 class NativeSettings(BaseModel):

@@ -30,9 +30,11 @@ SPEAKER_LEAD_S = 0.04  # how far ahead of "now" the simulated sound card buffers
 
 class FileInputTransport(BaseInputTransport):
     def __init__(self, audio: np.ndarray, clock: SessionClock, params: TransportParams, *,
-                 busy, max_tail_s: float, on_done):
+                 busy, max_tail_s: float, on_done, echo=None):
         super().__init__(params)
         self._audio = audio
+        # (speaker output transport, gain, delay s): a simulated loudspeaker-to-mic path.
+        self._echo = echo
         self._clock = clock
         self._busy = busy
         self._max_tail_s = max_tail_s
@@ -52,14 +54,16 @@ class FileInputTransport(BaseInputTransport):
         i = 0
         for pcm in frames(self._audio):
             await asyncio.sleep(max(0.0, t0 + i * period - time.monotonic()))
-            await self.push_audio_frame(InputAudioRawFrame(audio=pcm, sample_rate=PIPELINE_RATE, num_channels=1))
+            await self.push_audio_frame(InputAudioRawFrame(audio=self._with_echo(pcm, i * period),
+                                                           sample_rate=PIPELINE_RATE, num_channels=1))
             i += 1
         # The input is over; keep the line open (silence) while the agent is still answering.
         end_of_input = i * period
         quiet_since = None
         while i * period - end_of_input < self._max_tail_s:
             await asyncio.sleep(max(0.0, t0 + i * period - time.monotonic()))
-            await self.push_audio_frame(InputAudioRawFrame(audio=silence, sample_rate=PIPELINE_RATE, num_channels=1))
+            await self.push_audio_frame(InputAudioRawFrame(audio=self._with_echo(silence, i * period),
+                                                           sample_rate=PIPELINE_RATE, num_channels=1))
             i += 1
             if self._busy():
                 quiet_since = None
@@ -68,6 +72,14 @@ class FileInputTransport(BaseInputTransport):
             elif i * period - quiet_since >= 0.6:
                 break
         await self._on_done()
+
+    def _with_echo(self, pcm: bytes, t: float) -> bytes:
+        if self._echo is None:
+            return pcm
+        speaker, gain, delay = self._echo
+        mic = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        mic = mic + gain * speaker.segment(t - delay, len(mic))
+        return (np.clip(mic, -1, 1) * 32767).astype(np.int16).tobytes()
 
 
 class FileOutputTransport(BaseOutputTransport):
@@ -95,6 +107,16 @@ class FileOutputTransport(BaseOutputTransport):
         await asyncio.sleep(max(0.0, self._playhead - SPEAKER_LEAD_S - self._clock.now()))
         return True
 
+    def segment(self, t0: float, n: int) -> np.ndarray:
+        """``n`` samples of what the speaker played from ``t0`` (zeros where it was quiet)."""
+        out = np.zeros(n, dtype=np.float32)
+        a = int(round(t0 * OUTPUT_RATE))
+        for start, s in reversed(self._chunks[-64:]):
+            lo, hi = max(a, start), min(a + n, start + len(s))
+            if lo < hi:
+                out[lo - a:hi - a] = s[lo - start:hi - start].astype(np.float32) / 32768.0
+        return out
+
     def render(self, min_seconds: float) -> np.ndarray:
         length = int(round(min_seconds * OUTPUT_RATE))
         for start, s in self._chunks:
@@ -107,13 +129,16 @@ class FileOutputTransport(BaseOutputTransport):
 
 
 class FileTransport(BaseTransport):
-    def __init__(self, audio: np.ndarray, clock: SessionClock, *, busy, max_tail_s: float, on_done):
+    def __init__(self, audio: np.ndarray, clock: SessionClock, *, busy, max_tail_s: float, on_done,
+                 echo_db: float | None = None, echo_delay_s: float = 0.06):
         super().__init__()
         params = TransportParams(audio_in_enabled=True, audio_in_sample_rate=PIPELINE_RATE,
                                  audio_out_enabled=True, audio_out_sample_rate=OUTPUT_RATE,
                                  audio_out_end_silence_secs=0)
-        self._input = FileInputTransport(audio, clock, params, busy=busy, max_tail_s=max_tail_s, on_done=on_done)
         self._output = FileOutputTransport(clock, params)
+        echo = None if echo_db is None else (self._output, 10 ** (echo_db / 20), echo_delay_s)
+        self._input = FileInputTransport(audio, clock, params, busy=busy, max_tail_s=max_tail_s,
+                                         on_done=on_done, echo=echo)
 
     def input(self) -> FileInputTransport:
         return self._input
@@ -148,8 +173,14 @@ def shared_runtime(settings):
 
 
 async def talk_file(input_wav, output_wav, events_path, settings, *, runtime=None,
-                    max_tail_s: float = 20.0) -> TalkResult:
-    """Run INPUT through the agent in real time; write OUTPUT (16 kHz) and the JSONL event log."""
+                    max_tail_s: float = 20.0, echo_guard: bool = False,
+                    simulate_echo_db: float | None = None) -> TalkResult:
+    """Run INPUT through the agent in real time; write OUTPUT (16 kHz) and the JSONL event log.
+
+    ``simulate_echo_db`` feeds the agent's own output back into the microphone at
+    that gain (a loudspeaker with no echo canceller); ``echo_guard`` turns the
+    controller's guard against it on.
+    """
     from voice.session import run_session
 
     audio = read_wav(input_wav, PIPELINE_RATE)
@@ -169,10 +200,12 @@ async def talk_file(input_wav, output_wav, events_path, settings, *, runtime=Non
     async def done():
         await state["session"].end()
 
-    transport = FileTransport(audio, clock, busy=busy, max_tail_s=max_tail_s, on_done=done)
+    transport = FileTransport(audio, clock, busy=busy, max_tail_s=max_tail_s, on_done=done,
+                              echo_db=simulate_echo_db)
 
     try:
-        await run_session(transport, runtime, settings, transport_name="file", events=events, on_start=lambda session: state.update(session=session))
+        await run_session(transport, runtime, settings, transport_name="file", events=events,
+                          echo_guard=echo_guard, on_start=lambda session: state.update(session=session))
     finally:
         events.close()
     out = transport.output().render(len(audio) / PIPELINE_RATE)

@@ -31,18 +31,21 @@ class LLMTap(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMFullResponseStartFrame):
             self._waiting = True
+            self._conv.start_reply()
+        elif isinstance(frame, LLMTextFrame):
+            self._conv.add_generated(frame.text)
+            if self._waiting:
+                self._waiting = False
+                turn = self._conv.current_turn
+                t = self._events.clock.now()
+                self._events.emit("llm_first_token", turn=turn, t=t)
+                marks = self._conv.mark(turn)
+                if marks.llm_first_token is None:
+                    marks.llm_first_token = t
         elif isinstance(frame, LLMFullResponseEndFrame) and self._waiting:
             # An endpoint that answers 200 with nothing usable is a failed turn, not a silent one.
             self._waiting = False
             await self.push_error("LLM returned an empty reply")
-        elif isinstance(frame, LLMTextFrame) and self._waiting:
-            self._waiting = False
-            turn = self._conv.current_turn
-            t = self._events.clock.now()
-            self._events.emit("llm_first_token", turn=turn, t=t)
-            marks = self._conv.mark(turn)
-            if marks.llm_first_token is None:
-                marks.llm_first_token = t
         await self.push_frame(frame, direction)
 
 

@@ -40,6 +40,7 @@ class SpeechDetector:
         self._run_start: float | None = None  # first speech frame of a candidate start
         self._last_speech_end = 0.0
         self.level_dbfs = -120.0
+        self._echo = None
 
     @property
     def now(self) -> float:
@@ -48,8 +49,12 @@ class SpeechDetector:
     def probability(self) -> float:
         return self._prob
 
-    def process(self, pcm: bytes) -> list[tuple[str, float]]:
-        """Feed 16 kHz int16 mono (any multiple of 10 ms); return [("start", onset) | ("stop", end)]."""
+    def process(self, pcm: bytes, echo=None) -> list[tuple[str, float]]:
+        """Feed 16 kHz int16 mono (any multiple of 10 ms); return [("start", onset) | ("stop", end)].
+
+        ``echo`` (an EchoGuard) vetoes frames that the agent's own playback explains.
+        """
+        self._echo = echo
         out: list[tuple[str, float]] = []
         n10 = PIPELINE_RATE // 100
         samples = np.frombuffer(pcm, dtype=np.int16)
@@ -72,6 +77,8 @@ class SpeechDetector:
             # The gate keeps Silero's cost off silence; its state still sees every window.
             self._prob = float(self._silero(window[None, :], PIPELINE_RATE)[0][0]) if gate or self.speaking else 0.0
         is_speech = gate and self._prob >= self._threshold
+        if is_speech and self._echo is not None and self._echo.is_echo(audio, t0):
+            is_speech = False
         events: list[tuple[str, float]] = []
         if is_speech:
             self._last_speech_end = t1
@@ -94,9 +101,10 @@ class SpeechDetector:
 class VADProcessor(FrameProcessor):
     """Runs SpeechDetector on input audio; passes audio through and adds speech frames."""
 
-    def __init__(self, vad_settings, **kwargs):
+    def __init__(self, vad_settings, *, echo_guard=None, **kwargs):
         super().__init__(**kwargs)
         self._settings = vad_settings
+        self.echo_guard = echo_guard
         self.detector = self._new_detector()
 
     def _new_detector(self) -> SpeechDetector:
@@ -113,7 +121,7 @@ class VADProcessor(FrameProcessor):
             if frame.sample_rate != PIPELINE_RATE:
                 pcm = resample_pcm16(pcm, frame.sample_rate, PIPELINE_RATE)
             frame = InputAudioRawFrame(audio=pcm, sample_rate=PIPELINE_RATE, num_channels=1)
-            events = self.detector.process(pcm)
+            events = self.detector.process(pcm, self.echo_guard)
             await self.push_frame(frame, direction)
             for kind, t in events:
                 if kind == "start":

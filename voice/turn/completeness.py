@@ -37,3 +37,23 @@ def completeness(text: str) -> float:
     if stripped.endswith("."):
         return 0.8
     return 0.5
+
+
+_QUESTION_START = re.compile(
+    r"^(what|what's|whats|who|who's|where|when|why|how|which|can|could|would|will|should|shall|"
+    r"is|are|am|do|does|did|have|has|was|were|may|tell me)\b")
+
+
+def last_sentence(text: str) -> str:
+    parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+", text.strip()) if p.strip()]
+    return parts[-1] if parts else ""
+
+
+def is_question(text: str) -> bool:
+    """Does the turn end on a question (by punctuation or by its opening words)?"""
+    last = last_sentence(text).lower()
+    if last.endswith("?"):
+        return True
+    if last.endswith((".", "!")):
+        return False  # the recogniser punctuated it as a statement
+    return bool(_QUESTION_START.match(last))

@@ -3,16 +3,29 @@
 Pure logic, no pipecat and no I/O: each ``on_*`` method takes the time and
 returns the actions to carry out. The pipecat processor in ``processor.py``
 turns frames into these calls and actions into frames, so both engines and
-every transport share exactly this behaviour, and unit tests can drive it with
+every transport share exactly this behaviour, and unit tests drive it with
 synthetic event streams.
+
+Decisions:
+- end of turn: at every pause, fuse Smart Turn's probability with text cues of
+  the transcript, and wait a silence that is short when the turn reads complete
+  and long (up to ``max_wait_s``) when it does not; long turns (monologues) get a
+  longer wait unless they end on a question;
+- speculation: start the reply as soon as a complete-looking transcript is
+  ready; the gate plays it only when the endpoint is confirmed;
+- backchannels: at a pause in a long user turn that is not a turn end;
+- barge-in: user speech over the agent stops it at once; if what the user said
+  turns out to be nothing (noise, a cough) or only a backchannel, the agent
+  resumes the cut reply.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from voice.turn.completeness import completeness
+from voice.turn.completeness import completeness, is_question
 
 
 class State(str, Enum):
@@ -25,18 +38,51 @@ class State(str, Enum):
 
 @dataclass
 class Action:
-    kind: str  # speculate | confirm | discard | commit | interrupt | state
+    # speculate | confirm | discard | commit | interrupt | backchannel | resume | state
+    kind: str
     text: str = ""
     data: dict = field(default_factory=dict)
 
 
 @dataclass
 class TurnConfig:
-    endpoint_silence_s: float = 0.45   # wait after a complete-sounding turn
-    max_wait_s: float = 2.5            # longest wait for an unfinished-sounding turn
-    barge_in_min_s: float = 0.0        # speech needed before the agent yields (VAD start_s already applies)
-    speculate_min_completeness: float = 0.5  # start the reply early only if the turn reads finished
+    """Thresholds; defaults chosen with the FDB harness (see docs/turn-taking.md)."""
+
+    endpoint_silence_s: float = 0.45   # wait after a complete question
+    statement_wait_s: float = 0.6      # ... after a complete statement (it may be the first of several)
+    mid_wait_s: float = 1.0            # ... when the evidence is mixed
+    max_wait_s: float = 2.5            # ... when the turn reads unfinished
+    # Statements in a long turn are likely a monologue: the wait grows with the
+    # speech so far (s of wait per s of speech), up to monologue_max_wait_s.
+    monologue_wait_per_s: float = 0.1
+    monologue_max_wait_s: float = 1.6
+    complete_p: float = 0.6            # fused completion probability for the short wait
+    incomplete_p: float = 0.3          # below this, the long wait
+    smart_turn_weight: float = 0.35    # Smart Turn vs text cues in the fused probability
     speculate: bool = True             # engines that cannot discard a started reply turn it off
+    speculate_min_p: float = 0.5
+    # Start the reply this long before the endpoint would be confirmed (the time it
+    # needs to be audible); earlier starts only burn CPU and block backchannels.
+    speculate_lead_s: float = 0.6
+    backchannels: bool = True
+    backchannel_min_turn_s: float = 3.0   # the user must have been talking this long
+    backchannel_after_s: float = 0.35     # into the pause
+    backchannel_min_interval_s: float = 5.0
+    resume_after_s: float = 0.3        # silence after a false interruption before resuming
+    false_interruption_max_s: float = 1.2  # longer than this is never "just a backchannel"
+
+
+BACKCHANNEL_WORDS = {
+    "yeah", "yes", "yep", "yup", "uh-huh", "uh", "huh", "mm-hmm", "mhm", "mm", "hmm", "hm", "okay",
+    "ok", "right", "sure", "alright", "aha", "ah", "oh", "i", "see", "got", "it", "cool", "nice",
+    "wow", "really", "true", "exactly", "totally", "mmhmm", "um", "uhhuh",
+}
+
+
+def is_backchannel(text: str) -> bool:
+    """'yeah', 'uh-huh', 'okay', 'I see' alone: acknowledgements, not a bid for the turn."""
+    words = re.findall(r"[a-z'-]+", text.lower())
+    return 0 < len(words) <= 2 and all(w.strip("'-") in BACKCHANNEL_WORDS for w in words)
 
 
 class TurnController:
@@ -46,9 +92,16 @@ class TurnController:
         self.turn = 0
         self.speech_end: float | None = None
         self.transcript = ""
-        self._transcript_revision = -1
         self._transcript_end = -1.0
+        self._transcript_revision = -1
+        self._smart_p: float | None = None
+        self._smart_end = -1.0
         self.speculating: str | None = None  # text of the held, not yet confirmed reply
+        self._turn_speech_s = 0.0            # speech so far in this user turn
+        self._segment_start: float | None = None
+        self._last_backchannel = -1e9
+        self._backchannel_done_for: float | None = None  # the pause that got one
+        self.barge_in: dict | None = None    # the interruption being judged (real or false)
 
     # --- helpers -------------------------------------------------------------------
     def _set(self, state: State, t: float) -> list[Action]:
@@ -57,36 +110,62 @@ class TurnController:
         self.state = state
         return [Action("state", data={"state": state.value, "t": t})]
 
-    def required_wait(self, text: str) -> float:
-        """Silence needed before the turn counts as ended: short if complete, long if not."""
+    def completion_probability(self, text: str, smart_p: float | None) -> float:
+        """Fuse the acoustic-prosodic model (Smart Turn) with text cues."""
         c = completeness(text)
-        if c >= 0.8:
-            return self.config.endpoint_silence_s
         if c <= 0.2:
-            return self.config.max_wait_s
-        return min(self.config.max_wait_s, self.config.endpoint_silence_s * 1.8)
+            return min(c, smart_p if smart_p is not None else c)  # a trailing "and"/"um" wins
+        if smart_p is None:
+            return c
+        w = self.config.smart_turn_weight
+        return w * smart_p + (1 - w) * c
+
+    def required_wait(self, text: str, smart_p: float | None = None) -> float:
+        """Silence needed before the turn counts as ended."""
+        cfg = self.config
+        p = self.completion_probability(text, smart_p)
+        if p <= cfg.incomplete_p:
+            return cfg.max_wait_s
+        complete = p >= cfg.complete_p
+        if complete and is_question(text):
+            return cfg.endpoint_silence_s
+        base = cfg.statement_wait_s if complete else cfg.mid_wait_s
+        monologue = min(cfg.monologue_max_wait_s, cfg.statement_wait_s + cfg.monologue_wait_per_s * self._turn_speech_s)
+        return max(base, monologue)
+
+    def _evidence_ready(self) -> bool:
+        return self.speech_end is not None and self._transcript_end >= self.speech_end
 
     # --- inputs --------------------------------------------------------------------
     def on_speech_started(self, t: float, onset: float) -> list[Action]:
         actions: list[Action] = []
         if self.state in (State.THINKING, State.AGENT_SPEAKING):
             actions.append(Action("interrupt", data={"t": t, "onset": onset, "state": self.state.value}))
-            self.turn += 1
-            self.transcript = ""
+            self.barge_in = {"onset": onset, "t": t}
+            self._new_turn()
         elif self.state == State.LISTENING:
-            self.turn += 1
-            self.transcript = ""
+            self._new_turn()
         elif self.state == State.USER_PAUSED and self.speculating is not None:
             # The user went on: the early reply was premature, drop it unheard.
             actions.append(Action("discard", text=self.speculating, data={"t": t}))
             self.speculating = None
+        self._segment_start = onset
         self.speech_end = None
         return actions + self._set(State.USER_SPEAKING, t)
+
+    def _new_turn(self) -> None:
+        self.turn += 1
+        self.transcript = ""
+        self._turn_speech_s = 0.0
+        self._smart_p = None
 
     def on_speech_stopped(self, t: float, end: float) -> list[Action]:
         if self.state != State.USER_SPEAKING:
             return []
+        if self._segment_start is not None:
+            self._turn_speech_s += max(0.0, end - self._segment_start)
         self.speech_end = end
+        self._smart_p = None
         return self._set(State.USER_PAUSED, t)
 
     def on_transcript(self, t: float, text: str, revision: int, audio_end: float) -> list[Action]:
@@ -97,37 +176,77 @@ class TurnController:
         self.transcript = text
         return self.on_tick(t)
 
+    def on_turn_probability(self, t: float, probability: float, audio_end: float) -> list[Action]:
+        if self.speech_end is not None and audio_end >= self.speech_end:
+            self._smart_p = probability
+            self._smart_end = audio_end
+        return self.on_tick(t)
+
     def on_tick(self, t: float) -> list[Action]:
-        if self.state != State.USER_PAUSED or self.speech_end is None:
+        if self.state != State.USER_PAUSED or not self._evidence_ready():
             return []
-        # Only a transcript that covers the latest speech counts.
-        if self._transcript_end < self.speech_end:
-            return []
-        if not self.transcript.strip():
+        assert self.speech_end is not None
+        silence = t - self.speech_end
+        text = self.transcript
+        if self.barge_in is not None:
+            return self._judge_barge_in(t, silence, text)
+        if not text.strip():
             # Noise, a cough: no words, no turn.
-            if t - self.speech_end >= self.config.endpoint_silence_s:
+            if silence >= self.config.endpoint_silence_s:
                 return self._set(State.LISTENING, t)
             return []
-        text = self.transcript
-        if t - self.speech_end >= self.required_wait(text):
-            self.transcript = ""
-            info = {"t": t, "speech_end": self.speech_end}
-            if self.speculating == text:
-                self.speculating = None
-                return [Action("confirm", text=text, data=info)] + self._set(State.THINKING, t)
-            actions = []
-            if self.speculating is not None:
-                actions.append(Action("discard", text=self.speculating, data={"t": t}))
-                self.speculating = None
-            return actions + [Action("commit", text=text, data=info)] + self._set(State.THINKING, t)
-        if (self.config.speculate and self.speculating != text
-                and completeness(text) >= self.config.speculate_min_completeness):
-            actions = []
+        wait = self.required_wait(text, self._smart_p)
+        if silence >= wait:
+            return self._end_turn(t, text)
+        actions: list[Action] = []
+        p = self.completion_probability(text, self._smart_p)
+        if (self.config.speculate and self.speculating != text and p >= self.config.speculate_min_p
+                and silence >= wait - self.config.speculate_lead_s):
             if self.speculating is not None:
                 actions.append(Action("discard", text=self.speculating, data={"t": t}))
             self.speculating = text
-            return actions + [Action("speculate", text=text, data={"t": t, "speech_end": self.speech_end})]
-        return []
+            actions.append(Action("speculate", text=text, data={"t": t, "speech_end": self.speech_end}))
+        elif self._backchannel_due(t, silence, wait):
+            self._last_backchannel = t
+            self._backchannel_done_for = self.speech_end
+            actions.append(Action("backchannel", data={"t": t}))
+        return actions
+
+    def _backchannel_due(self, t: float, silence: float, wait: float) -> bool:
+        cfg = self.config
+        return (cfg.backchannels and self.speculating is None
+                and self._turn_speech_s >= cfg.backchannel_min_turn_s
+                and silence >= cfg.backchannel_after_s
+                and wait - silence >= 0.3  # not when the turn is about to be taken anyway
+                and self._backchannel_done_for != self.speech_end
+                and t - self._last_backchannel >= cfg.backchannel_min_interval_s)
+
+    def _end_turn(self, t: float, text: str) -> list[Action]:
+        self.transcript = ""
+        info = {"t": t, "speech_end": self.speech_end}
+        if self.speculating == text:
+            self.speculating = None
+            return [Action("confirm", text=text, data=info)] + self._set(State.THINKING, t)
+        actions: list[Action] = []
+        if self.speculating is not None:
+            actions.append(Action("discard", text=self.speculating, data={"t": t}))
+            self.speculating = None
+        return actions + [Action("commit", text=text, data=info)] + self._set(State.THINKING, t)
+
+    def _judge_barge_in(self, t: float, silence: float, text: str) -> list[Action]:
+        """After speech cut the agent off: was it a real turn, or noise/a backchannel?"""
+        cfg = self.config
+        assert self.barge_in is not None and self.speech_end is not None
+        spoken = self.speech_end - self.barge_in["onset"]
+        false_alarm = (not text.strip()) or (is_backchannel(text) and spoken <= cfg.false_interruption_max_s)
+        if not false_alarm:
+            self.barge_in = None  # a real interruption: it is the user's turn now
+            return self.on_tick(t)
+        if silence < cfg.resume_after_s:
+            return []
+        self.barge_in = None
+        self.transcript = ""
+        return [Action("resume", text=text, data={"t": t})] + self._set(State.THINKING, t)
 
     def on_agent_audio_started(self, t: float) -> list[Action]:
         if self.state == State.THINKING:
@@ -137,7 +256,4 @@ class TurnController:
     def on_agent_audio_stopped(self, t: float) -> list[Action]:
         if self.state in (State.AGENT_SPEAKING, State.THINKING):
             return self._set(State.LISTENING, t)
-        return []
-
-    def on_reply_failed(self, t: float) -> list[Action]:
         return []

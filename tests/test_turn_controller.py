@@ -1,0 +1,142 @@
+"""The turn-taking state machine driven by synthetic event streams (fast, deterministic)."""
+
+from __future__ import annotations
+
+from voice.turn.completeness import completeness, is_question
+from voice.turn.controller import State, TurnConfig, TurnController, is_backchannel
+
+
+class Driver:
+    """Feeds a controller events on a 20 ms input clock and records the actions."""
+
+    def __init__(self, **config):
+        self.c = TurnController(TurnConfig(**config))
+        self.t = 0.0
+        self.actions = []
+        self.rev = 0
+
+    def _take(self, actions):
+        self.actions += [a for a in actions if a.kind != "state"]
+        return actions
+
+    def speak(self, seconds: float):
+        self._take(self.c.on_speech_started(self.t, self.t))
+        self.advance(seconds)
+        self._take(self.c.on_speech_stopped(self.t, self.t))
+        return self
+
+    def transcript(self, text: str, smart_p: float | None = None):
+        self.rev += 1
+        self._take(self.c.on_transcript(self.t, text, self.rev, self.t + 0.1))
+        if smart_p is not None:
+            self._take(self.c.on_turn_probability(self.t, smart_p, self.c.speech_end))
+        return self
+
+    def advance(self, seconds: float):
+        end = self.t + seconds
+        while self.t < end - 1e-9:
+            self.t = round(self.t + 0.02, 4)
+            self._take(self.c.on_tick(self.t))
+        return self
+
+    def kinds(self):
+        return [a.kind for a in self.actions]
+
+    def first(self, kind):
+        return next(a for a in self.actions if a.kind == kind)
+
+
+def test_text_cues():
+    assert completeness("What time is it?") > 0.9
+    assert completeness("I want to go to the store and") < 0.2
+    assert completeness("So I was thinking, um") < 0.2
+    assert is_question("I went there. Where were you?") and not is_question("Where I went was nice.")
+    assert is_question("how do I get there") and not is_question("I went to the park")
+    assert is_backchannel("Yeah.") and is_backchannel("uh-huh") and is_backchannel("I see")
+    assert not is_backchannel("Yeah but what about Paris?") and not is_backchannel("")
+
+
+def test_complete_question_short_wait_with_speculation_confirmed():
+    d = Driver().speak(2.0)
+    end = d.t
+    d.advance(0.2).transcript("What time is it in Tokyo?", smart_p=0.9)
+    assert d.kinds() == ["speculate"], "a complete-looking turn starts the reply at once"
+    d.advance(1.0)
+    confirm = d.first("confirm")
+    assert abs(confirm.data["t"] - end - 0.45) <= 0.021
+    assert d.c.state == State.THINKING
+
+
+def test_unfinished_clause_waits_long():
+    d = Driver().speak(2.0)
+    end = d.t
+    d.advance(0.2).transcript("I would like to book a table for", smart_p=0.05)
+    d.advance(1.5)
+    assert "commit" not in d.kinds() and "speculate" not in d.kinds()
+    d.advance(1.5)
+    assert abs(d.first("commit").data["t"] - end - 2.5) <= 0.021
+
+
+def test_user_continues_after_speculation_discards_it_silently():
+    d = Driver().speak(1.5).advance(0.2).transcript("Book a flight to Rome.", smart_p=0.8)
+    assert d.kinds() == ["speculate"]
+    d.speak(1.0)
+    assert d.kinds() == ["speculate", "discard"]
+    assert d.c.state == State.USER_PAUSED and d.c.speculating is None
+
+
+def test_monologue_gets_backchannel_not_takeover():
+    d = Driver()
+    for sentence in range(5):
+        d.speak(3.0).advance(0.2).transcript("And then we drove up to the lake." if sentence < 4 else
+                                             "We stayed there for a week.", smart_p=0.3)
+        d.advance(0.7)
+    assert "backchannel" in d.kinds()
+    assert "commit" not in d.kinds() and "confirm" not in d.kinds()
+    bcs = [a.data["t"] for a in d.actions if a.kind == "backchannel"]
+    assert all(b - a >= 5.0 for a, b in zip(bcs, bcs[1:])), "at a natural rate"
+
+
+def test_no_backchannel_early_in_a_turn():
+    d = Driver().speak(1.0).advance(0.2).transcript("Well so", smart_p=0.1).advance(1.5)
+    assert "backchannel" not in d.kinds()
+
+
+def test_long_statement_waits_longer_than_a_short_one_but_questions_do_not():
+    short = Driver().speak(2.0)
+    long = Driver()
+    for _ in range(3):
+        long.speak(3.0).advance(0.2).transcript("I told her that", smart_p=0.1).advance(0.6)
+    assert short.c.required_wait("It was a sunny day.", 0.9) < long.c.required_wait("It was a sunny day.", 0.9)
+    assert long.c.required_wait("Where is it?", 0.9) == long.c.config.endpoint_silence_s
+    assert short.c.required_wait("Where is it?", 0.9) < short.c.required_wait("It was a sunny day.", 0.9)
+
+
+def test_barge_in_then_real_interruption_is_answered():
+    d = Driver().speak(1.5).advance(0.2).transcript("Tell me about Paris.", smart_p=0.9).advance(0.6)
+    d._take(d.c.on_agent_audio_started(d.t))
+    assert d.c.state == State.AGENT_SPEAKING
+    d.advance(1.0).speak(1.2)
+    assert d.kinds()[-1] == "interrupt", "user speech over the agent stops it at once"
+    d.advance(0.2).transcript("Wait, what about London?", smart_p=0.9).advance(0.8)
+    assert d.actions[-1].kind == "confirm" and "London" in d.actions[-1].text
+
+
+def test_cough_or_backchannel_over_agent_resumes_it():
+    for heard in ("", "Yeah."):
+        d = Driver().speak(1.5).advance(0.2).transcript("Tell me a story.", smart_p=0.9).advance(0.6)
+        d._take(d.c.on_agent_audio_started(d.t))
+        d.advance(1.0).speak(0.4).advance(0.1).transcript(heard, smart_p=0.5).advance(0.5)
+        assert d.kinds()[-2:] == ["interrupt", "resume"], heard
+        assert d.c.state == State.THINKING
+
+
+def test_noise_alone_is_not_a_turn():
+    d = Driver().speak(0.3).advance(0.1).transcript("").advance(1.0)
+    assert d.kinds() == []
+    assert d.c.state == State.LISTENING
+
+
+def test_speculation_off_for_engines_that_cannot_discard():
+    d = Driver(speculate=False).speak(1.5).advance(0.2).transcript("What is two plus two?", smart_p=0.9).advance(1.0)
+    assert d.kinds() == ["commit"]
