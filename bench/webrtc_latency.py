@@ -1,0 +1,171 @@
+"""Voice-to-voice latency over loopback WebRTC versus in process, on the same questions.
+
+For each synthesized question (espeak-ng; a varied voice per question) the agent
+hears the same input.wav twice: once through ``voice.talk.talk_file`` (in
+process, no transport) and once through ``voice.bench_webrtc.talk_file_webrtc``
+(the real ``POST /api/offer`` endpoint, Opus over RTP on 127.0.0.1, an aiortc
+peer as the caller). Both write an output.wav on the input's clock.
+
+Reported per transport (median, p90, min-max over the questions):
+  * heard  — the caller's view: first agent audio in output.wav minus the end of
+    the question in input.wav, both read off the audio (energy), so the WebRTC
+    figure includes encoding, RTP, jitter buffering and decoding both ways;
+  * agent  — the agent's own ``turn_metrics.voice_to_voice`` (end of speech as
+    its VAD saw it to the first audio it handed to its output transport).
+
+    python -m bench.webrtc_latency [--n 8] [--out out/webrtc_latency]
+
+A benchmark, not a test: run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from voice.audio import read_wav, write_wav
+
+try:  # the same questions and voices as bench/latency.py, when it is there
+    from bench.latency import QUESTIONS, VOICES
+except Exception:  # pragma: no cover
+    QUESTIONS = ["What is the capital of France?", "How far away is the moon?", "Why is the sky blue?",
+                 "What should I cook for dinner tonight?", "How many days are there in a leap year?",
+                 "What does a bee do all day?", "Tell me something interesting about elephants.",
+                 "How do I make a cup of green tea?"]
+    VOICES = ["en-us+m3", "en-us+f3", "en-gb", "en+f2"]
+
+RATE = 16000
+LEAD_S = 0.5
+TAIL_S = 7.0
+THRESH = 0.01  # RMS over 10 ms that counts as sound
+
+
+def synth_question(text: str, voice: str, speed: int, path: Path) -> tuple[Path, float]:
+    """input.wav = 0.5 s silence + the question (trimmed) + 7 s silence; returns (path, end of speech in s)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
+                       check=True, capture_output=True)
+        speech = read_wav(raw, RATE)
+    span = sound_span(speech)
+    if span is None:
+        raise RuntimeError(f"espeak-ng produced silence for {text!r}")
+    speech = speech[int(span[0] * RATE):int(span[1] * RATE)]
+    speech = speech * (0.7 / max(float(np.abs(speech).max()), 1e-6))
+    audio = np.concatenate([np.zeros(int(LEAD_S * RATE), np.float32), speech.astype(np.float32),
+                            np.zeros(int(TAIL_S * RATE), np.float32)])
+    write_wav(path, audio, RATE)
+    return path, LEAD_S + len(speech) / RATE
+
+
+def sound_span(audio: np.ndarray, start_s: float = 0.0, hop: int = RATE // 100) -> tuple[float, float] | None:
+    """First and last 10 ms window at or after ``start_s`` whose RMS is above THRESH."""
+    a = audio[int(start_s * RATE):]
+    n = len(a) // hop
+    if n == 0:
+        return None
+    loud = np.flatnonzero(np.sqrt(np.mean(a[: n * hop].reshape(n, hop) ** 2, axis=1)) > THRESH)
+    if not len(loud):
+        return None
+    return start_s + loud[0] * hop / RATE, start_s + (loud[-1] + 1) * hop / RATE
+
+
+def stats(values: list[float]) -> str:
+    if not values:
+        return "n=0"
+    v = np.asarray(values)
+    return (f"median {np.median(v):.3f}s  p90 {np.percentile(v, 90):.3f}s  "
+            f"min {v.min():.3f}s  max {v.max():.3f}s  (n={len(v)})")
+
+
+async def run(n: int, out: Path, seed: int) -> dict:
+    from voice.bench_webrtc import talk_file_webrtc
+    from voice.settings import load_settings
+    from voice.talk import shared_runtime, talk_file
+
+    settings = load_settings()
+    runtime = shared_runtime(settings)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        text = QUESTIONS[i % len(QUESTIONS)]
+        voice = VOICES[int(rng.integers(len(VOICES)))]
+        speed = int(rng.integers(150, 181))
+        d = out / f"{i:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        wav, speech_end = synth_question(text, voice, speed, d / "input.wav")
+        row = {"i": i, "text": text, "voice": voice, "speed": speed, "speech_end": round(speech_end, 3)}
+        # Alternate the order so neither transport always runs on a warmer machine.
+        order = ("inprocess", "webrtc") if i % 2 == 0 else ("webrtc", "inprocess")
+        for transport in order:
+            fn = talk_file if transport == "inprocess" else talk_file_webrtc
+            result = await fn(wav, d / f"output_{transport}.wav", d / f"events_{transport}.jsonl", settings,
+                              runtime=runtime)
+            output = read_wav(d / f"output_{transport}.wav", RATE)
+            span = sound_span(output, speech_end)
+            metrics = result.turn_metrics()
+            row[transport] = {
+                "heard": round(span[0] - speech_end, 4) if span else None,
+                "agent": metrics[0].get("voice_to_voice") if metrics else None,
+                "reply": " ".join(e["text"].strip() for e in result.events.of("agent_text")),
+            }
+        rows.append(row)
+        print(f"[{i + 1}/{n}] {text!r} ({voice}, {speed} wpm): "
+              + "  ".join(f"{t} heard {row[t]['heard']} agent {row[t]['agent']}" for t in ("inprocess", "webrtc")),
+              flush=True)
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=8, help="questions (default 8)")
+    p.add_argument("--out", default="out/webrtc_latency", help="where the WAVs, events and results go")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    out = Path(args.out)
+    data = asyncio.run(run(args.n, out, args.seed))
+    rows = data["rows"]
+    summary = {}
+    print()
+    for transport in ("inprocess", "webrtc"):
+        heard = [r[transport]["heard"] for r in rows if r[transport]["heard"] is not None]
+        agent = [r[transport]["agent"] for r in rows if r[transport]["agent"] is not None]
+        summary[transport] = {
+            "heard": {"median": float(np.median(heard)) if heard else None,
+                      "p90": float(np.percentile(heard, 90)) if heard else None, "n": len(heard)},
+            "agent": {"median": float(np.median(agent)) if agent else None,
+                      "p90": float(np.percentile(agent, 90)) if agent else None, "n": len(agent)},
+        }
+        # heard - agent per run: the path outside the agent's own clock (transport, buffering, VAD lag),
+        # free of the reply-to-reply variance of ASR/LLM/TTS.
+        outside = [r[transport]["heard"] - r[transport]["agent"] for r in rows
+                   if r[transport]["heard"] is not None and r[transport]["agent"] is not None]
+        summary[transport]["heard_minus_agent"] = {"median": float(np.median(outside)) if outside else None,
+                                                   "p90": float(np.percentile(outside, 90)) if outside else None}
+        print(f"{transport:>9}  heard v2v: {stats(heard)}")
+        print(f"{'':>9}  agent v2v: {stats(agent)}")
+        print(f"{'':>9}  heard - agent: {stats(outside)}")
+    both = [(r["webrtc"]["heard"] - r["inprocess"]["heard"]) for r in rows
+            if r["webrtc"]["heard"] is not None and r["inprocess"]["heard"] is not None]
+    print(f"webrtc - inprocess (heard, per question): {stats(both)}")
+    summary["webrtc_minus_inprocess_heard"] = {"median": float(np.median(both)) if both else None,
+                                               "p90": float(np.percentile(both, 90)) if both else None}
+    (out / "results.json").write_text(json.dumps({"summary": summary, **data}, indent=2))
+    print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

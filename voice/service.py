@@ -1,0 +1,496 @@
+"""The HTTP front door: the browser page, health, and WebRTC signalling.
+
+``create_app(settings, runtime)`` builds the FastAPI app; ``serve(settings)``
+loads the models once and runs it under uvicorn (``voice serve``).
+
+Endpoints
+  GET  /             the browser client (web/index.html, app.js, style.css)
+  GET  /health       {"status": "ok", "ready": true, "sessions": N, "max_sessions": M}
+  GET  /api/config   what the page needs: ICE servers, pipelines, limits
+  POST /api/offer    {"sdp", "type": "offer", "pc_id"?, "pipeline"?} -> {"sdp", "type": "answer", "pc_id", "session"}
+  PATCH /api/offer   trickle ICE: {"pc_id", "candidates": [{"candidate", "sdp_mid", "sdp_mline_index"}]}
+
+Every error is JSON ``{"error": "..."}`` with a 4xx status (503 ``busy`` at
+``settings.max_sessions`` live sessions), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+import threading
+import uuid
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_BODY_BYTES = 64 * 1024
+MAX_CANDIDATES = 64
+PIPELINES = ("cascaded", "native")
+_ENDED_REMEMBERED = 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+# ----------------------------------------------------------------------- sessions
+
+
+class SessionRegistry:
+    """Live sessions of every transport in this process (browser and phone) against one limit.
+
+    ``try_reserve`` is synchronous (no await between the check and the
+    reservation), so concurrent offers can never overshoot ``max_sessions``.
+    """
+
+    def __init__(self, max_sessions: int):
+        self.max_sessions = max_sessions
+        self._live: dict[str, str] = {}
+        self._lock = threading.Lock()  # SIP may reserve from its own thread
+
+    def try_reserve(self, kind: str, key: str | None = None) -> str | None:
+        """A slot key, or None when the service is full."""
+        with self._lock:
+            if len(self._live) >= self.max_sessions:
+                return None
+            key = key or uuid.uuid4().hex
+            self._live[key] = kind
+            return key
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self._live.pop(key, None)
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for k in self._live.values() if k == kind)
+
+
+@dataclass
+class ServiceState:
+    """What the app shares: settings, models, the session registry and the live WebRTC peers.
+
+    This is the ``app_state`` that ``voice.transports.sip.start_sip`` receives.
+    """
+
+    settings: Any
+    runtime: Any
+    registry: SessionRegistry
+    webrtc: dict[str, Any] = field(default_factory=dict)  # pc_id -> WebRTCSession
+    ended: OrderedDict = field(default_factory=OrderedDict)  # pc_ids of finished sessions
+    tasks: set = field(default_factory=set)
+    sessions_started: int = 0
+    pipeline_errors: dict = field(default_factory=dict)  # pipeline -> why it cannot run here
+
+    def pipelines(self) -> list[str]:
+        """The engines this process can run now (the page offers only these)."""
+        out = []
+        for name in PIPELINES:
+            if name in self.pipeline_errors:
+                continue
+            if name == "cascaded" and not _cascaded_ready(self.settings, self.runtime):
+                continue
+            out.append(name)
+        return out
+
+    async def ensure_pipeline(self, name: str) -> None:
+        """ApiError 503 unless ``name`` can run; loads the native model on first use (off the event loop)."""
+        if name in self.pipeline_errors:
+            raise ApiError(503, "pipeline unavailable", detail=self.pipeline_errors[name])
+        if name == "cascaded":
+            if not _cascaded_ready(self.settings, self.runtime):
+                raise ApiError(503, "pipeline unavailable",
+                               detail="this server runs the native engine only (start it with --pipeline cascaded)")
+            return
+        loader = getattr(self.runtime, "native_model", None)
+        if loader is None:
+            self.pipeline_errors[name] = "this build has no native engine"
+        else:
+            try:
+                await asyncio.to_thread(loader)
+                return
+            except Exception as e:
+                self.pipeline_errors[name] = f"the native model cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                logger.warning(self.pipeline_errors[name])
+        raise ApiError(503, "pipeline unavailable", detail=self.pipeline_errors[name])
+
+    def remember_ended(self, pc_id: str) -> None:
+        self.ended[pc_id] = True
+        while len(self.ended) > _ENDED_REMEMBERED:
+            self.ended.popitem(last=False)
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _cascaded_ready(settings, runtime) -> bool:
+    """The cascaded engine needs an LLM: an OpenAI-compatible endpoint or the local model loaded."""
+    return settings.llm.backend == "openai" or getattr(runtime, "local_llm", None) is not None
+
+
+async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's JSON object; ApiError 415/413/400 before anything is parsed when it can't be."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "content type must be application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError(413, f"request body too large (limit {limit} bytes)")
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length") from None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body too large (limit {limit} bytes)")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return data
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """ApiError 400 unless ``sdp`` is a parseable offer with a live audio m-line."""
+    from aiortc.sdp import SessionDescription
+
+    if not sdp.lstrip().startswith("v=0"):
+        raise ApiError(400, "malformed SDP: must start with v=0")
+    try:
+        desc = SessionDescription.parse(sdp)
+    except Exception as e:
+        raise ApiError(400, f"malformed SDP: {type(e).__name__}: {e}".rstrip(": ")) from None
+    if not any(m.kind == "audio" and m.port != 0 for m in desc.media):
+        raise ApiError(400, "the offer has no audio m-line: the page must send a microphone track")
+    for m in desc.media:
+        if m.kind == "audio" and (m.ice.usernameFragment is None or m.dtls is None or not m.dtls.fingerprints):
+            raise ApiError(400, "malformed SDP: the audio m-line lacks ICE credentials or a DTLS fingerprint")
+
+
+def _optional_str(data: dict, key: str) -> str | None:
+    v = data.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v or len(v) > 200:
+        raise ApiError(400, f"'{key}' must be a non-empty string")
+    return v
+
+
+# ---------------------------------------------------------------------------- app
+
+
+def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_starter=None) -> FastAPI:
+    """The service's ASGI app; ``runtime`` holds the models every session shares."""
+    from voice.transports.webrtc import allow_loopback_candidates
+
+    allow_loopback_candidates()
+    state = ServiceState(settings, runtime, SessionRegistry(settings.max_sessions))
+    web = Path(web_dir) if web_dir is not None else WEB_DIR
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sip_handle = None
+        if sip_starter is not None:
+            sip_handle = sip_starter(state)
+            if inspect.isawaitable(sip_handle):
+                sip_handle = await sip_handle
+        try:
+            yield
+        finally:
+            await _shutdown(state, sip_handle)
+
+    app = FastAPI(title="voice agent", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.voice = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = "not found"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": "invalid request"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        logger.exception(f"{request.method} {request.url.path} failed: {exc}")
+        return JSONResponse({"error": "internal server error"}, status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "ready": runtime is not None, "sessions": state.registry.live,
+                "webrtc_sessions": len(state.webrtc), "max_sessions": state.registry.max_sessions,
+                "sessions_started": state.sessions_started}
+
+    @app.get("/api/config")
+    async def config():
+        from voice.transports.webrtc import page_ice_servers
+
+        return {"ice_servers": page_ice_servers(settings), "pipelines": state.pipelines(),
+                "pipeline": settings.pipeline, "max_sessions": settings.max_sessions}
+
+    @app.post("/api/offer")
+    async def offer(request: Request):
+        data = await read_json_body(request)
+        return await _handle_offer(state, data)
+
+    @app.patch("/api/offer")
+    async def patch_offer(request: Request):
+        data = await read_json_body(request)
+        await _handle_patch(state, data)
+        return {"ok": True}
+
+    @app.get("/")
+    async def index():
+        page = web / "index.html"
+        if not page.is_file():
+            raise ApiError(404, "web client not found")
+        return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    if web.is_dir():
+        app.mount("/", StaticFiles(directory=web), name="web")
+    return app
+
+
+async def _handle_offer(state: ServiceState, data: dict[str, Any]) -> dict[str, Any]:
+    from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
+
+    from voice.events import EventLog, SessionClock, new_session_id
+    from voice.transports.webrtc import WebRTCSession, ice_servers
+
+    sdp = data.get("sdp")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ApiError(400, "'sdp' must be a non-empty string")
+    if data.get("type") != "offer":
+        raise ApiError(400, "'type' must be \"offer\"")
+    pc_id = _optional_str(data, "pc_id")
+    pipeline = data.get("pipeline", state.settings.pipeline)
+    if pipeline not in PIPELINES:
+        raise ApiError(400, f"'pipeline' must be one of {', '.join(PIPELINES)}")
+    check_offer_sdp(sdp)
+
+    if pc_id is not None:  # renegotiation of a live peer connection
+        live = state.webrtc.get(pc_id)
+        if live is None:
+            if pc_id in state.ended:
+                raise ApiError(410, "that session has ended; start a new one without pc_id")
+            raise ApiError(404, "unknown pc_id; start a new session without pc_id")
+        try:
+            await live.connection.renegotiate(sdp=sdp, type="offer", restart_pc=False)
+        except Exception as e:
+            raise ApiError(400, f"could not renegotiate: {e}") from None
+        answer = live.connection.get_answer()
+        return {**answer, "session": live.id}
+
+    slot = state.registry.try_reserve("webrtc")
+    if slot is None:
+        raise ApiError(503, "busy", detail=f"all {state.registry.max_sessions} sessions are in use")
+    try:
+        await state.ensure_pipeline(pipeline)
+    except ApiError:
+        state.registry.release(slot)
+        raise
+    settings = state.settings if pipeline == state.settings.pipeline else \
+        state.settings.model_copy(update={"pipeline": pipeline})
+    connection = None
+    try:
+        connection = SmallWebRTCConnection(ice_servers=ice_servers(state.settings), connection_timeout_secs=30)
+        await connection.initialize(sdp=sdp, type="offer")
+        answer = connection.get_answer()
+        if answer is None:
+            raise RuntimeError("no SDP answer")
+        session = WebRTCSession(connection, state.runtime, settings, EventLog(new_session_id(), SessionClock()))
+    except Exception as e:
+        state.registry.release(slot)
+        if connection is not None:
+            try:
+                await connection.pc.close()
+            except Exception:
+                pass
+        raise ApiError(400, f"could not negotiate the offer: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    state.webrtc[connection.pc_id] = session
+    state.sessions_started += 1
+
+    async def run():
+        try:
+            await session.run()
+        finally:
+            state.webrtc.pop(connection.pc_id, None)
+            state.remember_ended(connection.pc_id)
+            state.registry.release(slot)
+
+    task = asyncio.create_task(run(), name=f"webrtc-session-{session.id}")
+    state.tasks.add(task)
+    task.add_done_callback(state.tasks.discard)
+    logger.info(f"webrtc session {session.id} started (pc {connection.pc_id}, pipeline {pipeline}, "
+                f"{state.registry.live}/{state.registry.max_sessions} live)")
+    return {**answer, "session": session.id}
+
+
+async def _handle_patch(state: ServiceState, data: dict[str, Any]) -> None:
+    from aiortc.sdp import candidate_from_sdp
+
+    pc_id = _optional_str(data, "pc_id")
+    if pc_id is None:
+        raise ApiError(400, "'pc_id' is required")
+    live = state.webrtc.get(pc_id)
+    if live is None:
+        if pc_id in state.ended:
+            raise ApiError(410, "that session has ended")
+        raise ApiError(404, "unknown pc_id")
+    candidates = data.get("candidates")
+    if not isinstance(candidates, list) or len(candidates) > MAX_CANDIDATES:
+        raise ApiError(400, f"'candidates' must be a list of at most {MAX_CANDIDATES} candidates")
+    parsed = []
+    for c in candidates:
+        if not isinstance(c, dict):
+            raise ApiError(400, "each candidate must be an object")
+        text = c.get("candidate")
+        mid = c.get("sdp_mid", c.get("sdpMid"))
+        index = c.get("sdp_mline_index", c.get("sdpMLineIndex"))
+        if text in (None, ""):
+            parsed.append(None)  # end-of-candidates
+            continue
+        if not isinstance(text, str) or (mid is None and index is None):
+            raise ApiError(400, "a candidate needs 'candidate' and 'sdp_mid' or 'sdp_mline_index'")
+        try:
+            cand = candidate_from_sdp(text.removeprefix("a=").removeprefix("candidate:"))
+        except Exception:
+            raise ApiError(400, f"malformed ICE candidate: {text[:80]!r}") from None
+        cand.sdpMid = mid if isinstance(mid, str) else None
+        cand.sdpMLineIndex = index if isinstance(index, int) else None
+        parsed.append(cand)
+    for cand in parsed:
+        try:
+            await live.connection.add_ice_candidate(cand)
+        except Exception as e:
+            raise ApiError(400, f"could not add ICE candidate: {e}") from None
+
+
+async def _shutdown(state: ServiceState, sip_handle: Any) -> None:
+    for session in list(state.webrtc.values()):
+        await session.stop("server shutting down")
+    if state.tasks:
+        await asyncio.wait(list(state.tasks), timeout=10)
+    if sip_handle is not None:
+        stop = getattr(sip_handle, "stop", None)
+        if isinstance(sip_handle, asyncio.Task):
+            sip_handle.cancel()
+        elif callable(stop):
+            result = stop()
+            if inspect.isawaitable(result):
+                await result
+
+
+# -------------------------------------------------------------------------- serve
+
+
+class BackgroundServer:
+    """The app under uvicorn in a thread of its own, on a free 127.0.0.1 port (tests, tools).
+
+    ``with BackgroundServer(app) as url: ...``; the sessions run on the
+    server thread's event loop, as they would in ``voice serve``.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        import socket
+
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        import uvicorn
+
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on",
+                                                     access_log=False))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.sock]},
+                                        name="voice-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(30)
+        self.sock.close()
+
+
+def _sip_starter():
+    """``voice.transports.sip.start_sip`` if this build has it, else None."""
+    if importlib.util.find_spec("voice.transports.sip") is None:
+        return None
+    module = importlib.import_module("voice.transports.sip")
+    return getattr(module, "start_sip", None)
+
+
+def serve(settings, sip: bool = False) -> None:
+    """Load the models once and serve the page, the API and (with ``sip``) the phone agent."""
+    import uvicorn
+
+    from voice.runtime import Runtime
+
+    starter = None
+    if sip:
+        starter = _sip_starter()
+        if starter is None:
+            print("voice: error: SIP is not available in this build "
+                  "(voice.transports.sip.start_sip is missing); run without --sip", file=sys.stderr)
+            raise SystemExit(2)
+    runtime = Runtime.load(settings)
+    app = create_app(settings, runtime, sip_starter=starter)
+    shown = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
+    print(f"voice agent ready (models loaded in {runtime.load_seconds:.1f}s): "
+          f"open http://{shown}:{settings.port}/ in a browser", flush=True)
+    if shown != "localhost":
+        print("note: browsers only allow the microphone on https:// or localhost pages; "
+              "put a TLS proxy in front for other hosts", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                access_log=False, lifespan="on")

@@ -1,0 +1,1 @@
+"""Pipecat transports for the voice agent (SIP lives in voice.transports.sip)."""
