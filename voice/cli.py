@@ -1,4 +1,4 @@
-"""The `voice` command line: serve, talk, config, bench."""
+"""The `voice` command line: serve, talk, sessions, config, bench."""
 
 from __future__ import annotations
 
@@ -112,6 +112,102 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    """`voice worker`: a LiveKit agent worker (dispatched to rooms; one pipeline per room)."""
+    settings = settings_from_args(args)
+    data = settings.model_dump()
+    for section in ("llm", "livekit"):
+        for key, value in data[section].items():  # keep secrets as plain values for re-validation
+            if hasattr(value, "get_secret_value"):
+                data[section][key] = value.get_secret_value()
+    lk = data["livekit"]
+    lk["url"] = args.livekit_url or lk["url"] or os.environ.get("LIVEKIT_URL", "")
+    lk["api_key"] = args.api_key or lk["api_key"] or os.environ.get("LIVEKIT_API_KEY", "")
+    lk["api_secret"] = args.api_secret or lk["api_secret"] or os.environ.get("LIVEKIT_API_SECRET", "")
+    if args.agent_name is not None:
+        lk["agent_name"] = args.agent_name
+    if args.max_sessions is not None:
+        data["max_sessions"] = args.max_sessions
+    from voice.settings import Settings
+
+    try:
+        settings = Settings.model_validate(data)
+    except ValueError as e:
+        errors = getattr(e, "errors", lambda: [])()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "settings"
+        raise UserError(f"invalid setting {where}: {errors[0]['msg'] if errors else e}") from None
+    _configure_logging(settings.log_level)
+    try:
+        import livekit.agents  # noqa: F401
+        import livekit.api  # noqa: F401
+    except ImportError:
+        raise UserError("LiveKit mode needs the livekit extra: pip install -e '.[livekit]'") from None
+    from voice.transports.livekit import run_worker
+
+    return run_worker(settings, connect_timeout_s=args.connect_timeout, health_port=args.health_port,
+                      max_retry=args.max_retry)
+
+
+def cmd_sessions(args) -> int:
+    """`voice sessions list | show ID | export ID --format json|txt`: the session records."""
+    from voice.store import Store, StoreError
+    from voice.store.export import to_json, to_text, when
+
+    settings = settings_from_args(args)
+    try:
+        store = Store.from_settings(settings)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    try:
+        if args.action == "list":
+            rows = store.list_sessions(args.limit)
+            if args.format == "json":
+                print(to_json(rows))
+                return 0
+            if not rows:
+                print("no sessions recorded")
+            for r in rows:
+                print(f"{r['id']}  {when(r['started_at'])}  {r['status']:<6} {r['transport'] or '?':<7} "
+                      f"{r['pipeline'] or '?':<9} {r['turns']:>3} turns  {r['errors']:>2} errors")
+            return 0
+        if not args.id:
+            raise UserError(f"sessions {args.action} needs a session id (see: voice sessions list)")
+        try:
+            session_id = store.find_session_id(args.id)
+        except StoreError as e:
+            raise UserError(str(e)) from None
+        record = store.get_session(session_id) if session_id else None
+        if record is None:
+            raise UserError(f"no session {args.id!r} in the store")
+        fmt = args.format or ("txt" if args.action == "show" else "json")
+        out = to_json(record) if fmt == "json" else to_text(record)
+        if args.output:
+            Path(args.output).write_text(out, encoding="utf-8")
+            print(f"wrote {args.output}")
+        else:
+            sys.stdout.write(out if out.endswith("\n") else out + "\n")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_call(args) -> int:
+    from voice.runtime import Runtime
+    from voice.transports.sip import SIPError, place_call
+
+    settings = settings_from_args(args)
+    _configure_logging(settings.log_level if args.verbose else "WARNING")
+    if not args.uri.startswith(("sip:", "sips:")):
+        raise UserError(f"not a SIP URI: {args.uri!r} (expected sip:user@host[:port])")
+    runtime = Runtime.load(settings)
+    try:
+        call = asyncio.run(place_call(args.uri, runtime, settings))
+    except SIPError as e:
+        raise UserError(str(e)) from None
+    print(f"call to {args.uri} ended: {call.last_status or ''} {call.last_reason or 'hung up'}".strip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voice", description="Streaming voice agent service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sip", action="store_true", help="also answer SIP calls")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("worker", help="LiveKit agent worker: register with a LiveKit server, serve its rooms")
+    _add_settings_flags(p)
+    p.add_argument("--livekit-url", help="ws(s)://HOST:7880 of the LiveKit server (also VOICE_LIVEKIT__URL, LIVEKIT_URL)")
+    p.add_argument("--api-key", help="LiveKit API key (also VOICE_LIVEKIT__API_KEY, LIVEKIT_API_KEY)")
+    p.add_argument("--api-secret", help="LiveKit API secret (prefer VOICE_LIVEKIT__API_SECRET or LIVEKIT_API_SECRET)")
+    p.add_argument("--agent-name", help="explicit-dispatch name (default voice-agent; '' = every new room)")
+    p.add_argument("--max-sessions", type=int, help="rooms this worker serves at once (default: max_sessions)")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to wait for the server to accept a TCP connection before giving up (default 10)")
+    p.add_argument("--health-port", type=int, default=8081, help="worker health endpoint port (default 8081; 0 = any)")
+    p.add_argument("--max-retry", type=int, default=16, help="reconnection attempts after the first registration")
+    p.set_defaults(func=cmd_worker)
+
     p = sub.add_parser("talk", help="stream a WAV through the agent in real time")
     _add_settings_flags(p)
     p.add_argument("input", help="input audio (any WAV; resampled, mixed to mono)")
@@ -133,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulate-echo-db", type=float, default=None, metavar="DB",
                    help="feed the agent's output back into the input at this gain, e.g. -6 (a speakerphone)")
     p.set_defaults(func=cmd_talk)
+
+    p = sub.add_parser("sessions", help="list, show or export recorded sessions")
+    _add_settings_flags(p)
+    p.add_argument("action", choices=["list", "show", "export"])
+    p.add_argument("id", nargs="?", help="session id (or a unique prefix of it)")
+    p.add_argument("--format", choices=["json", "txt"], help="list/show: txt; export: json")
+    p.add_argument("-o", "--output", help="export: write to this file instead of stdout")
+    p.add_argument("--limit", type=int, default=50, help="list: at most this many, newest first")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("call", help="dial a SIP URI and run the agent on the call")
+    _add_settings_flags(p)
+    p.add_argument("uri", help="sip:user@host[:port]")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_call)
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     _add_settings_flags(p)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from voice.transports.sip.config import SIPSettings
+
 EMBEDDED = "embedded"
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -41,6 +43,10 @@ class ASRSettings(BaseModel):
     window_s: float = Field(10.0, ge=2.0, le=30.0)
     # Refresh a partial transcript this often during long speech (0 = off).
     partial_interval_s: float = Field(0.0, ge=0.0, le=10.0)
+    # faster-whisper: pause-time decodes of different sessions that queue up
+    # behind a running one share one encode/generate call, up to this many
+    # (1 = off). A lone decode never waits for company.
+    batch_max: int = Field(4, ge=1, le=16)
 
 
 class LLMSettings(BaseModel):
@@ -55,6 +61,9 @@ class LLMSettings(BaseModel):
     max_tokens: int = Field(60, ge=1, le=2048)
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     timeout_s: float = Field(8.0, gt=0)
+    # Tools the model may call. None exist yet and none are registered with the
+    # LLM service, so any tool call an endpoint returns is refused (see voice/llm.py).
+    allowed_tools: list[str] = []
     # One thread measured best end to end on 2 cores: generation then leaves a
     # core to Piper, which synthesises the first clause while the LLM goes on.
     threads: int = Field(1, ge=1)
@@ -130,6 +139,49 @@ class WebRTCSettings(BaseModel):
     turn_password: SecretStr | None = None
 
 
+class StoreSettings(BaseModel):
+    """Session records (voice/store): one row per session, one per turn, committed turn by turn."""
+
+    enabled: bool = True
+    # None = SQLite (WAL) at DATA_DIR/voice.db; or any SQLAlchemy URL, e.g.
+    # "postgresql+psycopg://user:password@host/db" (a secret: it may hold a password).
+    url: SecretStr | None = None
+    # Per-session WAV files (user mic, agent output) under DATA_DIR/recordings/SESSION/.
+    record_audio: bool = False
+
+
+class SecuritySettings(BaseModel):
+    """Who may start sessions over HTTP (voice/security.py)."""
+
+    # Static key: send it as "Authorization: Bearer KEY"; also mints short-lived tokens (POST /api/token).
+    api_key: SecretStr | None = None
+    # None = required when the service is bound to anything but loopback; true/false to force it.
+    require_token: bool | None = None
+    token_ttl_s: int = Field(600, ge=10, le=86400)
+    # Origins allowed to call the API from other pages (CORS); empty = same origin only.
+    cors_origins: list[str] = []
+    # SIGTERM: refuse new sessions, let live turns finish for up to this long, then end them.
+    shutdown_grace_s: float = Field(10.0, ge=0.0, le=600.0)
+
+
+class LiveKitSettings(BaseModel):
+    """LiveKit mode: ``voice worker`` registers here; ``voice serve`` mints room tokens for the page."""
+
+    # ws(s)://host:7880 of the LiveKit server (empty = LiveKit mode off).
+    url: str = ""
+    api_key: str = ""
+    api_secret: SecretStr = SecretStr("")
+    # Explicit dispatch: rooms get this agent only when a token or the dispatch API names it.
+    # Empty = automatic dispatch to every new room.
+    agent_name: str = "voice-agent"
+    # Lifetime of the room tokens minted for the page.
+    token_ttl_s: int = Field(600, ge=30, le=86400)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url and self.api_key and self.api_secret.get_secret_value())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOICE_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -150,6 +202,10 @@ class Settings(BaseSettings):
     turn: TurnSettings = TurnSettings()
     native: NativeSettings = NativeSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    sip: SIPSettings = SIPSettings()
+    livekit: LiveKitSettings = LiveKitSettings()
+    store: StoreSettings = StoreSettings()
+    security: SecuritySettings = SecuritySettings()
     # Live sessions per process (browser + phone); beyond it new ones get "busy".
     max_sessions: int = Field(8, ge=1)
 
@@ -224,4 +280,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
         data["llm"]["api_key"] = "***"
     if settings.webrtc.turn_password is not None:
         data["webrtc"]["turn_password"] = "***"
+    if settings.livekit.api_secret.get_secret_value():
+        data["livekit"]["api_secret"] = "***"
+    if settings.store.url is not None:
+        data["store"]["url"] = "***"
+    if settings.security.api_key is not None:
+        data["security"]["api_key"] = "***"
     return data

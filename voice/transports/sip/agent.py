@@ -1,0 +1,1135 @@
+"""The SIP phone agent: a PJSIP (pjsua2) user agent that answers and places calls.
+
+Threading
+---------
+* One dedicated thread ("pjsip") owns the pjsua2 Endpoint: it creates and
+  destroys the library, polls SIP with ``libHandleEvents`` (``uaConfig.threadCnt
+  = 0``) and runs every pjsua2 API call the rest of the program asks for
+  (commands posted to a queue, results returned as futures). SIP callbacks
+  (``onIncomingCall``, ``onCallState``, ``onCallMediaState`` ...) therefore run
+  on this thread.
+* PJSIP's own media threads (RTP worker, null sound device clock) call the
+  audio port (``onFrameRequested``/``onFrameReceived``, every 20 ms) and the
+  DTMF callbacks. Those only touch lock-protected Python state, hand results
+  to asyncio with ``loop.call_soon_threadsafe`` and post any pjsua2 work
+  (e.g. a transfer) to the pjsip thread.
+* The asyncio loop runs one session task per connected call. It never calls
+  pjsua2 directly; it is registered with ``libRegisterThread`` anyway, so an
+  object that happens to be released there cannot trip PJLIB's thread check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import hashlib
+import heapq
+import hmac
+import ipaddress
+import itertools
+import queue
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loguru import logger
+
+from .audio_port import AudioBridge, make_port_class
+from .config import SIPSettings
+
+SessionFn = Callable[["SIPCall"], Awaitable[None]]
+
+_NONCE_TTL_S = 300.0
+_END_GRACE_S = 5.0
+
+
+class SIPError(RuntimeError):
+    """A SIP-side failure reported as one line (bind failed, call rejected, ...)."""
+
+
+def _clean_uri(uri: str) -> str:
+    """'"Bob" <sip:bob@host:5060>;tag=x' -> 'sip:bob@host:5060'."""
+    m = re.search(r"<([^>]*)>", uri)
+    if m:
+        return m.group(1)
+    return uri.split(";", 1)[0].strip()
+
+
+def _host_of(addr: str) -> str:
+    """'127.0.0.1:5070' / '[::1]:5070' / '::1' -> the IP address."""
+    addr = addr.strip()
+    if addr.startswith("["):
+        return addr[1:addr.index("]")]
+    if addr.count(":") == 1:
+        return addr.rsplit(":", 1)[0]
+    return addr
+
+
+def _header(msg: str, name: str) -> str | None:
+    """The first value of header ``name`` in a raw SIP message (None if absent)."""
+    head = msg.split("\r\n\r\n", 1)[0]
+    for line in head.split("\r\n")[1:]:
+        k, sep, v = line.partition(":")
+        if sep and k.strip().lower() == name.lower():
+            return v.strip()
+    return None
+
+
+def _digest_params(value: str) -> dict[str, str]:
+    if not value.lower().startswith("digest "):
+        return {}
+    out = {}
+    for m in re.finditer(r'(\w+)\s*=\s*("([^"]*)"|[^,\s]*)', value[7:]):
+        out[m.group(1).lower()] = m.group(3) if m.group(3) is not None else m.group(2)
+    return out
+
+
+def _content_length_ok(msg: str) -> bool:
+    """Whether a request's Content-Length matches its body (PJSIP accepts a too-long one over UDP)."""
+    head, sep, body = msg.partition("\r\n\r\n")
+    value = _header(msg, "Content-Length") or _header(msg, "l")
+    if value is None:
+        return True  # over UDP the body is the rest of the datagram
+    try:
+        declared = int(value)
+    except ValueError:
+        return False
+    return declared == len(body.encode("utf-8", "surrogateescape"))
+
+
+def _md5(s: str) -> str:
+    return hashlib.md5(s.encode()).hexdigest()  # noqa: S324 - RFC 2617 digest is MD5
+
+
+class _RateLimiter:
+    """Sliding one-minute window of INVITEs per source IP."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._hits: dict[str, deque[float]] = {}
+
+    def allow(self, ip: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        q = self._hits.setdefault(ip, deque())
+        while q and now - q[0] > 60.0:
+            q.popleft()
+        if len(q) >= self.per_minute:
+            return False
+        q.append(now)
+        if len(self._hits) > 10000:  # forget idle sources
+            for k in [k for k, v in self._hits.items() if not v or now - v[-1] > 60.0]:
+                del self._hits[k]
+        return True
+
+
+class SIPCall:
+    """One call, inbound or outbound, as seen from asyncio.
+
+    Audio goes through :attr:`audio` (an :class:`AudioBridge`: 8 kHz int16
+    mono). Control methods (:meth:`hangup`, :meth:`transfer`,
+    :meth:`send_dtmf`) are thread-safe and return immediately.
+    """
+
+    def __init__(self, agent: SIPAgent, direction: str) -> None:
+        self.agent = agent
+        self.direction = direction  # "inbound" | "outbound"
+        self.session_id = uuid.uuid4().hex[:12]
+        self.audio = AudioBridge()
+        self.pj_id: int | None = None
+        self.remote_uri = ""
+        self.local_uri = ""
+        self.source = ""  # ip:port the INVITE came from (inbound)
+        self.state = "new"  # new, ringing, connected, ended
+        self.codec: str | None = None
+        self.on_hold = False
+        self.last_status: int | None = None
+        self.last_reason = ""
+        self.created_at = time.monotonic()
+        self.connected_at: float | None = None
+        self.ended_at: float | None = None
+        self.dtmf_digits: list[str] = []
+        self.transfers: list[str] = []
+        self._dtmf_listeners: list[Callable[[str], Any]] = []
+        self._end_listeners: list[Callable[[], Any]] = []
+        self._connected_evt = asyncio.Event()
+        self._ended_evt = asyncio.Event()
+        # pjsip-thread-only state
+        self._pj: Any = None
+        self._port: Any = None
+        self._accepted = False
+        self._slot: str | None = None  # key in the service's session registry
+
+    # ---- public, asyncio side ----
+    @property
+    def caller(self) -> str:
+        return self.remote_uri if self.direction == "inbound" else self.local_uri
+
+    @property
+    def callee(self) -> str:
+        return self.local_uri if self.direction == "inbound" else self.remote_uri
+
+    @property
+    def ended(self) -> bool:
+        return self.state == "ended"
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """True once the call is answered; False if it ended (or timed out) first."""
+        t_conn = asyncio.ensure_future(self._connected_evt.wait())
+        t_end = asyncio.ensure_future(self._ended_evt.wait())
+        try:
+            await asyncio.wait({t_conn, t_end}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            t_conn.cancel()
+            t_end.cancel()
+        return self._connected_evt.is_set() and not self._ended_evt.is_set()
+
+    async def wait_ended(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._ended_evt.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def add_dtmf_listener(self, fn: Callable[[str], Any]) -> None:
+        """``fn(digit)`` runs on the asyncio loop for every DTMF digit received."""
+        self._dtmf_listeners.append(fn)
+
+    def remove_dtmf_listener(self, fn: Callable[[str], Any]) -> None:
+        if fn in self._dtmf_listeners:
+            self._dtmf_listeners.remove(fn)
+
+    def add_end_listener(self, fn: Callable[[], Any]) -> None:
+        """``fn()`` runs on the asyncio loop once the call has ended (at once if it already has)."""
+        if self.ended:
+            self.agent._loop.call_soon(fn)
+        else:
+            self._end_listeners.append(fn)
+
+    def remove_end_listener(self, fn: Callable[[], Any]) -> None:
+        if fn in self._end_listeners:
+            self._end_listeners.remove(fn)
+
+    def hangup(self, status_code: int | None = None) -> None:
+        """BYE a connected call, CANCEL an outgoing one, reject an unanswered incoming one."""
+        if not self.ended:
+            self.agent._post(self._pj_hangup, status_code)
+
+    def transfer(self, uri: str) -> None:
+        """Blind transfer (REFER) to ``uri``."""
+        if not self.ended:
+            self.agent._post(self._pj_transfer, uri)
+
+    def send_dtmf(self, digits: str) -> None:
+        """Send RFC 4733 DTMF events."""
+        if not self.ended:
+            self.agent._post(self._pj_send_dtmf, digits)
+
+    def stats(self) -> dict[str, Any]:
+        a = self.audio
+        return {
+            "session_id": self.session_id, "direction": self.direction, "state": self.state,
+            "remote_uri": self.remote_uri, "codec": self.codec, "last_status": self.last_status,
+            "frames_pulled": a.frames_pulled, "frames_sent_audio": a.frames_sent_audio,
+            "underruns": a.underruns, "frames_received": a.frames_received,
+            "dtmf": "".join(self.dtmf_digits),
+        }
+
+    def __repr__(self) -> str:
+        return f"SIPCall({self.direction} {self.remote_uri or '?'} {self.state})"
+
+    # ---- pjsip thread ----
+    def _pj_hangup(self, status_code: int | None) -> None:
+        import pjsua2 as pj
+
+        if self._pj is None or self.ended:
+            return
+        op = pj.CallOpParam()
+        if status_code:
+            op.statusCode = status_code
+        try:
+            self._pj.hangup(op)
+        except pj.Error as e:
+            logger.debug(f"sip: hangup {self}: {e.info()}")
+
+    def _pj_transfer(self, uri: str) -> None:
+        import pjsua2 as pj
+
+        if self._pj is None or self.ended:
+            return
+        try:
+            self._pj.xfer(uri, pj.CallOpParam(True))
+            self.transfers.append(uri)
+            logger.info(f"sip: call {self.session_id} transferring to {uri}")
+        except pj.Error as e:
+            logger.warning(f"sip: transfer of {self.session_id} to {uri} failed: {e.info()}")
+
+    def _pj_send_dtmf(self, digits: str) -> None:
+        import pjsua2 as pj
+
+        if self._pj is None or not self.connected:
+            return
+        try:
+            self._pj.dialDtmf(digits)
+        except pj.Error as e:
+            logger.debug(f"sip: dtmf {digits!r} on {self.session_id}: {e.info()}")
+
+    def _pj_on_state(self) -> None:
+        import pjsua2 as pj
+
+        if self._pj is None:
+            return
+        ci = self._pj.getInfo()
+        self.pj_id = ci.id
+        self.remote_uri = _clean_uri(ci.remoteUri) or self.remote_uri
+        self.local_uri = _clean_uri(ci.localUri) or self.local_uri
+        self.last_status = int(ci.lastStatusCode)
+        self.last_reason = ci.lastReason
+        if ci.state == pj.PJSIP_INV_STATE_EARLY and self.state == "new":
+            self.state = "ringing"
+        elif ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.state in ("new", "ringing"):
+            self.state = "connected"
+            self.connected_at = time.monotonic()
+            logger.info(f"sip: call {self.session_id} connected ({self.direction} {self.remote_uri})")
+            self.agent._to_loop(self.agent._on_call_connected, self)
+        elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED and self.state != "ended":
+            self.state = "ended"
+            self.ended_at = time.monotonic()
+            logger.log("INFO" if self._accepted else "DEBUG",
+                       f"sip: call {self.session_id} ended ({self.last_status} {self.last_reason})")
+            self._pj_disconnect_port()
+            # Drop the pjsua2 Call right here (it is destroyed as soon as this callback returns,
+            # which pjsua2 allows for DISCONNECTED). Released any later, its destructor would hang
+            # up whichever new call PJSIP has meanwhile put in the same call slot (seen: a 603).
+            self.agent._pj_live.discard(self)
+            self._pj = None
+            self.agent._release(self)
+            self.agent._to_loop(self.agent._on_call_ended, self)
+
+    def _pj_on_media(self) -> None:
+        import pjsua2 as pj
+
+        if self._pj is None or self.ended:
+            return
+        ci = self._pj.getInfo()
+        media = ci.media
+        for i in range(len(media)):
+            mi = media[i]
+            if mi.type != pj.PJMEDIA_TYPE_AUDIO:
+                continue
+            self.on_hold = mi.status in (pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_LOCAL_HOLD)
+            if mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                try:
+                    self.codec = self._pj.getStreamInfo(i).codecName
+                except pj.Error:
+                    pass
+                if self._port is None:
+                    self._port = self.agent._port_class(self.audio)
+                    self._port.create(f"call-{self.session_id}")
+                aud = self._pj.getAudioMedia(i)
+                aud.startTransmit(self._port)
+                self._port.startTransmit(aud)
+                logger.debug(f"sip: call {self.session_id} media {mi.status} codec {self.codec}")
+            break
+
+    def _pj_disconnect_port(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            self.agent._graveyard.append(port)  # released on the pjsip thread, next loop turn
+
+    def _pj_on_dtmf(self, digit: str) -> None:
+        # media thread: record and hand off; pjsua2 work goes through the queue
+        self.dtmf_digits.append(digit)
+        self.agent._to_loop(self.agent._on_dtmf, self, digit)
+
+
+class SIPAgent:
+    """A SIP user agent on PJSIP that turns each answered call into a voice session.
+
+    ``session`` is ``async def session(call: SIPCall)``; it runs on the asyncio
+    loop from the moment a call connects; when it returns the call is hung up,
+    and when the call ends first it gets a grace period and is then
+    cancelled. Without ``session``, calls run :func:`voice.session.run_session`
+    when ``runtime`` and ``app_settings`` are given (what ``voice serve --sip``
+    does), else a built-in responder (a beep, then echo) for bring-up.
+
+    Only one SIPAgent can run per process (PJSIP's endpoint is a singleton).
+    """
+
+    _active: SIPAgent | None = None
+    _active_lock = threading.Lock()
+
+    def __init__(self, settings: SIPSettings | None = None, session: SessionFn | None = None, *,
+                 runtime: Any = None, app_settings: Any = None,
+                 on_dtmf: Callable[[SIPCall, str], Any] | None = None,
+                 on_call: Callable[[SIPCall], Any] | None = None,
+                 registry: Any = None, app_state: Any = None) -> None:
+        self.settings = settings or SIPSettings()
+        # The service's shared session limit (voice.service.SessionRegistry: try_reserve/release,
+        # thread-safe); a call that finds it full gets 486 like one beyond max_calls.
+        self.registry = registry
+        self.app_state = app_state
+        self._session_fn = session
+        self.runtime = runtime
+        self.app_settings = app_settings
+        self.on_dtmf = on_dtmf
+        self.on_call = on_call  # called on the loop when any call connects
+        self.bound_port: int | None = None
+        self.bound_host = self.settings.host
+        self.registered = False
+        self.reg_status: int | None = None
+        self.rejections: dict[int, int] = {}  # status code -> count (inbound calls we refused)
+        self.calls: dict[str, SIPCall] = {}  # session_id -> call, live calls only
+        self.history: deque[SIPCall] = deque(maxlen=200)
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._thread: threading.Thread | None = None
+        self._cmds: queue.SimpleQueue = queue.SimpleQueue()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._stopping = threading.Event()
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._limiter = _RateLimiter(self.settings.invites_per_minute_per_source)
+        self._allow_nets = [ipaddress.ip_network(n, strict=False) for n in self.settings.allowlist]
+        self._trusted_ips: set[str] = set()
+        self._nonce_key = secrets.token_bytes(32)
+        # pjsip-thread-only
+        self._ep: Any = None
+        self._accounts: list[Any] = []
+        self._reg_account: Any = None
+        self._local_account: Any = None
+        self._pj_live: set[SIPCall] = set()  # calls holding a pjsua2 Call object (ids get reused)
+        self._graveyard: list[Any] = []
+        self._port_class: Any = None
+        self._log_writer: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> SIPAgent:
+        with SIPAgent._active_lock:
+            if SIPAgent._active is not None:
+                raise SIPError("a SIP agent is already running in this process")
+            SIPAgent._active = self
+        self._loop = asyncio.get_running_loop()
+        if self.settings.trust_registrar and self.settings.registrar_uri:
+            self._trusted_ips = await self._loop.run_in_executor(None, self._resolve_registrar)
+        ready: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._pj_main, args=(ready,), name="pjsip", daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            await self._loop.run_in_executor(None, self._thread.join, 5)
+            with SIPAgent._active_lock:
+                SIPAgent._active = None
+            raise
+        atexit.register(self._stop_thread_at_exit)
+        try:
+            import pjsua2 as pj
+
+            if not pj.Endpoint.instance().libIsThreadRegistered():
+                pj.Endpoint.instance().libRegisterThread(f"asyncio-{threading.get_ident()}")
+        except Exception:  # noqa: BLE001
+            pass
+        logger.info(f"sip: listening on {self.bound_host}:{self.bound_port} ({'/'.join(self.settings.transports)})")
+        return self
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        for call in list(self.calls.values()):
+            call.hangup(503)  # BYE when connected; 503 to one still ringing; CANCEL when we dialled
+        deadline = time.monotonic() + timeout
+        for call in list(self.calls.values()):
+            await call.wait_ended(max(0.1, deadline - time.monotonic()))
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.5, deadline - time.monotonic()))
+        self._stopping.set()
+        await self._loop.run_in_executor(None, self._thread.join, 10)
+        self._thread = None
+        atexit.unregister(self._stop_thread_at_exit)
+        with SIPAgent._active_lock:
+            SIPAgent._active = None
+        logger.info("sip: stopped")
+
+    def _stop_thread_at_exit(self) -> None:
+        """Interpreter exit without stop(): shut PJSIP down before Python finalises (its media
+        threads call into Python every 20 ms)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._stopping.set()
+            self._thread.join(5)
+
+    async def __aenter__(self) -> SIPAgent:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def place_call(self, uri: str, *, timeout: float = 60.0) -> SIPCall:
+        """Call ``uri`` (``sip:user@host[:port]``); returns once answered, raises SIPError otherwise.
+
+        The call's session starts when it connects, exactly as for inbound calls.
+        """
+        if not uri.lower().startswith(("sip:", "sips:")):
+            uri = "sip:" + uri
+        call = await asyncio.wrap_future(self._post(self._pj_place_call, uri))
+        if not await call.wait_connected(timeout):
+            if not call.ended:
+                call.hangup()
+                await call.wait_ended(5)
+            raise SIPError(f"call to {uri} failed: {call.last_status or 'timeout'} {call.last_reason}".strip())
+        return call
+
+    # ------------------------------------------------------------------ thread plumbing
+    def _post(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
+        """Run ``fn(*args)`` on the pjsip thread; the future carries its result."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._thread is None or self._stopping.is_set():
+            fut.set_exception(SIPError("SIP agent is not running"))
+            return fut
+        self._cmds.put((fn, args, fut))
+        return fut
+
+    def _to_loop(self, fn: Callable, *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed
+            pass
+
+    def _pj_later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+
+    def _pj_main(self, ready: concurrent.futures.Future) -> None:
+        import pjsua2 as pj
+
+        try:
+            self._pj_init()
+        except BaseException as e:  # noqa: BLE001
+            msg = e.info() if isinstance(e, pj.Error) else str(e)
+            try:
+                self._pj_destroy()
+            except Exception:  # noqa: BLE001
+                pass
+            ready.set_exception(SIPError(f"cannot start SIP on {self.settings.host}:{self.settings.port}: {msg}"))
+            return
+        ready.set_result(None)
+        shutdown_at: float | None = None
+        while True:
+            try:
+                self._ep.libHandleEvents(10)
+                self._pj_run_commands()
+                self._pj_run_timers()
+                if self._graveyard:
+                    self._graveyard.clear()
+            except Exception:  # noqa: BLE001 - keep the SIP thread alive
+                logger.exception("sip: error in the pjsip loop")
+            if self._stopping.is_set():
+                if shutdown_at is None:
+                    shutdown_at = time.monotonic() + 1.0
+                    try:
+                        self._ep.hangupAllCalls()
+                        if self._reg_account is not None and self.registered:
+                            self._reg_account.setRegistration(False)
+                    except pj.Error:
+                        pass
+                elif time.monotonic() > shutdown_at or (not self._pj_live and not self.registered):
+                    break
+        self._pj_run_commands()
+        self._pj_destroy()
+
+    def _pj_run_commands(self) -> None:
+        while True:
+            try:
+                fn, args, fut = self._cmds.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001
+                fut.set_exception(e)
+
+    def _pj_run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: timer callback failed")
+
+    # ------------------------------------------------------------------ pjsua2 setup
+    def _pj_init(self) -> None:
+        import pjsua2 as pj
+
+        s = self.settings
+        self._port_class = make_port_class()
+        self._rtp_base = s.rtp_port or 20000 + 2 * secrets.randbelow(10000)
+        ep = pj.Endpoint()
+        self._ep = ep
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0  # we poll in this thread
+        cfg.uaConfig.mainThreadOnly = False
+        # PJSIP's call slots, rejected calls included; the pjsua2-python 2.15.1 wheel caps this at 4
+        # whatever is asked (measured), beyond which PJSIP answers 486 Busy Here statelessly.
+        cfg.uaConfig.maxCalls = min(32, s.max_calls + 4)
+        cfg.uaConfig.userAgent = s.user_agent
+        cfg.logConfig.level = s.log_level
+        cfg.logConfig.consoleLevel = s.log_level
+        cfg.logConfig.msgLogging = s.log_level >= 4
+        # The endpoint deletes its log writer in libDestroy(): hand the SWIG object over to C++
+        # (__disown__), or Python deletes it a second time later (a heap corruption that showed up
+        # as a segfault in an unrelated place a few agents later).
+        writer = _make_log_writer()
+        writer.__disown__()
+        self._log_writer = writer
+        cfg.logConfig.writer = writer
+        cfg.logConfig.decor = 0
+        mc = cfg.medConfig
+        mc.clockRate = 8000
+        mc.sndClockRate = 8000
+        mc.channelCount = 1
+        mc.audioFramePtime = 20
+        mc.ptime = 20
+        mc.noVad = True  # always send RTP (no silence suppression)
+        mc.ecTailLen = 0  # no sound card, no echo canceller
+        mc.quality = 4
+        if s.jitter_min_ms >= 0:
+            mc.jbMinPre = s.jitter_min_ms
+        if s.jitter_max_ms >= 0:
+            mc.jbMax = s.jitter_max_ms
+        ep.libInit(cfg)
+
+        public = s.public_address
+        first_port: int | None = None
+        for kind in s.transports:
+            tc = pj.TransportConfig()
+            tc.port = first_port if first_port is not None else s.port
+            tc.boundAddress = s.host
+            if public:
+                tc.publicAddress = public
+            ttype = pj.PJSIP_TRANSPORT_UDP if kind == "udp" else pj.PJSIP_TRANSPORT_TCP
+            if ipaddress.ip_address(s.host).version == 6:
+                ttype = pj.PJSIP_TRANSPORT_UDP6 if kind == "udp" else pj.PJSIP_TRANSPORT_TCP6
+            tid = ep.transportCreate(ttype, tc)
+            if first_port is None:
+                first_port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+        self.bound_port = first_port
+        ep.libStart()
+        ep.audDevManager().setNullDev()
+
+        ranks = {c.lower(): i for i, c in enumerate(s.codecs)}
+        for ci in ep.codecEnum2():
+            cid = ci.codecId.lower()
+            prio = 0
+            for name, rank in ranks.items():
+                if cid.startswith(name):
+                    prio = 250 - rank
+                    break
+            ep.codecSetPriority(ci.codecId, prio)
+
+        host = public or s.host
+        hostport = f"[{host}]" if ":" in host else host
+        acc_cfg = pj.AccountConfig()
+        acc_cfg.idUri = f"sip:{s.user}@{hostport}:{self.bound_port}"
+        self._media_config(acc_cfg)
+        self._local_account = _Account(self)
+        self._local_account.create(acc_cfg, True)
+        self._accounts.append(self._local_account)
+
+        if s.registrar_uri:
+            reg = pj.AccountConfig()
+            reg_host = re.sub(r"^sips?:", "", s.registrar_uri).split(";", 1)[0]
+            reg.idUri = f"sip:{s.registrar_user}@{reg_host}"
+            reg.regConfig.registrarUri = s.registrar_uri
+            reg.regConfig.timeoutSec = s.register_refresh_s
+            reg.regConfig.retryIntervalSec = 30
+            cred = pj.AuthCredInfo("digest", s.registrar_realm, s.registrar_user, 0,
+                                   s.registrar_password.get_secret_value() if s.registrar_password else "")
+            reg.sipConfig.authCreds.append(cred)
+            self._media_config(reg)
+            self._reg_account = _Account(self)
+            self._reg_account.create(reg)
+            self._accounts.append(self._reg_account)
+
+    def _media_config(self, acc_cfg: Any) -> None:
+        s = self.settings
+        acc_cfg.mediaConfig.transportConfig.boundAddress = s.host
+        acc_cfg.mediaConfig.transportConfig.port = self._rtp_base
+        if s.public_address:
+            acc_cfg.mediaConfig.transportConfig.publicAddress = s.public_address
+        acc_cfg.callConfig.timerMinSESec = 90
+        acc_cfg.callConfig.timerSessExpiresSec = 1800
+
+    def _pj_destroy(self) -> None:
+        # Every pjsua2 object must be gone before libDestroy(): a Call or port destroyed afterwards
+        # (e.g. by a late garbage collection) trips a PJSUA assertion and aborts the process.
+        self._timers.clear()  # closures there hold calls
+        for call in list(self._pj_live):
+            call._port = None
+            call._pj = None  # breaks the SIPCall <-> Call cycle, so the Call goes right here
+        self._pj_live.clear()
+        self._graveyard.clear()
+        self._reg_account = None
+        self._local_account = None
+        for acc in self._accounts:
+            try:
+                acc.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+        self._accounts.clear()
+        if self._ep is not None:
+            try:
+                self._ep.libDestroy()
+            except Exception:  # noqa: BLE001
+                pass
+            self._ep = None
+
+    def _resolve_registrar(self) -> set[str]:
+        host = re.sub(r"^sips?:", "", self.settings.registrar_uri or "").split(";", 1)[0]
+        host = host.split("@")[-1]
+        if host.startswith("["):
+            host = host[1:host.index("]")]
+        elif host.count(":") == 1:
+            host = host.rsplit(":", 1)[0]
+        try:
+            return {ai[4][0] for ai in socket.getaddrinfo(host, None)}
+        except OSError:
+            logger.warning(f"sip: cannot resolve registrar host {host}")
+            return set()
+
+    # ------------------------------------------------------------------ inbound policy (pjsip thread)
+    def _admit(self, ip: str, msg: str) -> tuple[int, str, list[tuple[str, str]]]:
+        """(0, '', []) to accept, else (status code, reason, extra headers) to reject with."""
+        s = self.settings
+        if not _content_length_ok(msg):
+            return 400, "Bad Request (Content-Length)", []
+        if not self._limiter.allow(ip):
+            return 503, "Service Unavailable", [("Retry-After", "60")]
+        if not self._source_trusted(ip):
+            if not s.digest_enabled:
+                return 403, "Forbidden", []
+            verdict = self._digest_check(msg)
+            if verdict == "missing":
+                return 401, "Unauthorized", [("WWW-Authenticate", self._digest_challenge())]
+            if verdict == "stale":
+                return 401, "Unauthorized", [("WWW-Authenticate", self._digest_challenge(stale=True))]
+            if verdict != "ok":
+                return 403, "Forbidden", []
+        live = sum(1 for c in self._pj_live if c._accepted and not c.ended)
+        if live >= s.max_calls:
+            return 486, "Busy Here", []
+        return 0, "", []
+
+    def _reserve(self, call: SIPCall) -> bool:
+        """Take a slot in the service's shared session registry (if there is one)."""
+        if self.registry is None:
+            return True
+        try:
+            key = self.registry.try_reserve("sip", call.session_id)
+        except Exception:  # noqa: BLE001
+            logger.exception("sip: session registry failed")
+            return False
+        call._slot = key
+        return key is not None
+
+    def _release(self, call: SIPCall) -> None:
+        key, call._slot = call._slot, None
+        if key is not None and self.registry is not None:
+            try:
+                self.registry.release(key)
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: session registry release failed")
+
+    def _source_trusted(self, ip: str) -> bool:
+        if ip in self._trusted_ips:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._allow_nets)
+
+    def _digest_challenge(self, stale: bool = False) -> str:
+        ts = f"{int(time.time()):x}"
+        sig = hmac.new(self._nonce_key, ts.encode(), hashlib.sha256).hexdigest()[:24]
+        out = f'Digest realm="{self.settings.auth_realm}", nonce="{ts}.{sig}", algorithm=MD5, qop="auth"'
+        return out + (", stale=true" if stale else "")
+
+    def _digest_check(self, msg: str) -> str:
+        s = self.settings
+        value = _header(msg, "Authorization")
+        if not value:
+            return "missing"
+        p = _digest_params(value)
+        nonce = p.get("nonce", "")
+        ts, _, sig = nonce.partition(".")
+        good = hmac.new(self._nonce_key, ts.encode(), hashlib.sha256).hexdigest()[:24]
+        if not sig or not hmac.compare_digest(sig, good):
+            return "missing"  # not our nonce: challenge afresh
+        try:
+            if time.time() - int(ts, 16) > _NONCE_TTL_S:
+                return "stale"
+        except ValueError:
+            return "missing"
+        if p.get("algorithm", "MD5").upper() != "MD5" or p.get("realm") != s.auth_realm:
+            return "bad"
+        if not hmac.compare_digest(p.get("username", ""), s.auth_user or ""):
+            return "bad"
+        method = msg.split(" ", 1)[0]
+        ha1 = _md5(f"{s.auth_user}:{s.auth_realm}:{s.auth_password.get_secret_value()}")  # type: ignore[union-attr]
+        ha2 = _md5(f"{method}:{p.get('uri', '')}")
+        if p.get("qop"):
+            expect = _md5(f"{ha1}:{nonce}:{p.get('nc', '')}:{p.get('cnonce', '')}:{p['qop']}:{ha2}")
+        else:
+            expect = _md5(f"{ha1}:{nonce}:{ha2}")
+        return "ok" if hmac.compare_digest(expect, p.get("response", "")) else "bad"
+
+    def _pj_on_incoming(self, acc: Any, prm: Any) -> None:
+        import pjsua2 as pj
+
+        call = SIPCall(self, "inbound")
+        pjc = _Call(acc, prm.callId, call)
+        call._pj = pjc
+        self._pj_live.add(call)
+        call.pj_id = prm.callId
+        call.source = prm.rdata.srcAddress
+        ip = _host_of(call.source)
+        try:
+            ci = pjc.getInfo()
+            call.remote_uri = _clean_uri(ci.remoteUri)
+            call.local_uri = _clean_uri(ci.localUri)
+        except pj.Error:
+            pass
+        code, reason, headers = self._admit(ip, prm.rdata.wholeMsg)
+        if not code and not self._reserve(call):
+            code, reason, headers = 486, "Busy Here", []
+        s = self.settings
+        if code:
+            self.rejections[code] = self.rejections.get(code, 0) + 1
+            lvl = "DEBUG" if code in (401, 503) else "INFO"
+            logger.log(lvl, f"sip: rejecting INVITE from {call.source} ({call.remote_uri}): {code} {reason}")
+            # Rejected later, never inside this callback: (1) PJSIP defers a hangup made here and
+            # drops its extra headers (the WWW-Authenticate of a 401); (2) each call slot PJSIP
+            # hands out opens two RTP/RTCP sockets whose ioqueue keys are recycled only ~0.5 s
+            # after closing, and an INVITE flood that churns slots faster than that exhausts the
+            # ioqueue (a PJLIB assertion aborts the process). Holding a rejected call's slot for
+            # reject_delay_s bounds that churn; INVITEs beyond the slots get PJSIP's own
+            # stateless 486, which costs no sockets.
+            self._pj_later(s.reject_delay_s, lambda: self._pj_reject(call, code, reason, headers))
+            return
+        call._accepted = True
+        self.calls[call.session_id] = call
+        self._to_loop(self._register_call, call)
+        logger.info(f"sip: incoming call {call.session_id} from {call.remote_uri} ({call.source})")
+        op = pj.CallOpParam()
+        op.statusCode = 180
+        try:
+            pjc.answer(op)
+        except pj.Error as e:
+            logger.debug(f"sip: 180 failed: {e.info()}")
+        self._pj_later(self.settings.answer_delay_s, lambda: self._pj_answer(call))
+
+    def _pj_reject(self, call: SIPCall, code: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        import pjsua2 as pj
+
+        if call.ended or call._pj is None:
+            return
+        op = pj.CallOpParam()
+        op.statusCode = code
+        op.reason = reason
+        for k, v in headers:
+            h = pj.SipHeader()
+            h.hName = k
+            h.hValue = v
+            op.txOption.headers.append(h)
+        try:
+            call._pj.hangup(op)
+        except pj.Error as e:
+            logger.debug(f"sip: reject failed: {e.info()}")
+
+    def _pj_answer(self, call: SIPCall) -> None:
+        import pjsua2 as pj
+
+        if call.ended or call._pj is None:
+            return
+        op = pj.CallOpParam()
+        op.statusCode = 200
+        try:
+            call._pj.answer(op)
+        except pj.Error as e:
+            logger.warning(f"sip: answering {call.session_id} failed: {e.info()}")
+
+    def _pj_place_call(self, uri: str) -> SIPCall:
+        import pjsua2 as pj
+
+        acc = self._reg_account if self._reg_account is not None and self.registered else self._local_account
+        call = SIPCall(self, "outbound")
+        if not self._reserve(call):
+            raise SIPError("the service is at its session limit")
+        pjc = _Call(acc, pj.PJSUA_INVALID_ID, call)
+        call._pj = pjc
+        call._accepted = True
+        call.remote_uri = uri
+        try:
+            pjc.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error as e:
+            self._release(call)
+            raise SIPError(f"cannot call {uri}: {e.info().strip()}") from None
+        call.pj_id = pjc.getId()
+        self._pj_live.add(call)
+        self.calls[call.session_id] = call
+        self._to_loop(self._register_call, call)
+        return call
+
+    def _pj_on_transfer_status(self, call: SIPCall, code: int, final: bool) -> bool:
+        logger.info(f"sip: transfer of {call.session_id}: {code}{' (final)' if final else ''}")
+        if final and 200 <= code < 300:
+            self._pj_later(0.0, lambda: call._pj_hangup(None))
+            return False
+        return True
+
+    # ------------------------------------------------------------------ asyncio side
+    def _register_call(self, call: SIPCall) -> None:
+        self.history.append(call)
+
+    def _on_call_connected(self, call: SIPCall) -> None:
+        call._connected_evt.set()
+        if self.app_state is not None and hasattr(self.app_state, "sessions_started"):
+            self.app_state.sessions_started += 1
+        if self.on_call is not None:
+            try:
+                self.on_call(call)
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: on_call callback failed")
+        task = self._loop.create_task(self._run_session(call), name=f"sip-session-{call.session_id}")
+        self._tasks[call.session_id] = task
+        self._loop.call_later(self.settings.max_call_duration_s, call.hangup)
+
+    async def _run_session(self, call: SIPCall) -> None:
+        try:
+            fn = self._session_fn or self._default_session()
+            await fn(call)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001
+            logger.exception(f"sip: session for call {call.session_id} failed")
+        finally:
+            if not call.ended:
+                call.hangup()
+            self._tasks.pop(call.session_id, None)
+
+    def _default_session(self) -> SessionFn:
+        from .transport import echo_session, pipeline_session
+
+        if self.runtime is not None and self.app_settings is not None:
+            return lambda call: pipeline_session(call, self.runtime, self.app_settings)
+        return echo_session
+
+    def _on_call_ended(self, call: SIPCall) -> None:
+        call._ended_evt.set()
+        self.calls.pop(call.session_id, None)
+        call.audio.clear()
+        for fn in list(call._end_listeners):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: end listener failed")
+        call._end_listeners.clear()
+        task = self._tasks.get(call.session_id)
+        if task is not None and not task.done():
+            self._loop.call_later(_END_GRACE_S, lambda: task.done() or task.cancel())
+
+    def _on_dtmf(self, call: SIPCall, digit: str) -> None:
+        logger.info(f"sip: call {call.session_id} DTMF {digit!r}")
+        for fn in list(call._dtmf_listeners):
+            try:
+                fn(digit)
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: DTMF listener failed")
+        if self.on_dtmf is not None:
+            try:
+                self.on_dtmf(call, digit)
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: on_dtmf callback failed")
+        if digit == self.settings.transfer_digit:
+            if self.settings.transfer_uri:
+                call.transfer(self.settings.transfer_uri)
+            else:
+                logger.info(f"sip: call {call.session_id} asked for a transfer (DTMF {digit}); "
+                            "no sip.transfer_uri configured")
+
+
+def _make_log_writer():
+    import pjsua2 as pj
+
+    class _LogWriter(pj.LogWriter):
+        def write(self, entry) -> None:  # noqa: D401 - pjsua2 callback
+            lvl = "ERROR" if entry.level <= 1 else "WARNING" if entry.level == 2 else "DEBUG"
+            if "already in use" in entry.msg and "RTP" in entry.msg:
+                lvl = "DEBUG"  # PJSIP moves on to the next RTP port by itself
+            elif ("Error processing" in entry.msg and "packet from" in entry.msg) or "SDP" in entry.msg:
+                lvl = "WARNING"  # malformed SIP/SDP from the network: rejected or dropped, not our error
+            logger.log(lvl, "pjsip: " + entry.msg.rstrip())
+
+    return _LogWriter()
+
+
+def _account_class():
+    import pjsua2 as pj
+
+    class Account(pj.Account):
+        def __init__(self, agent: SIPAgent) -> None:
+            super().__init__()
+            self.agent = agent
+
+        def onIncomingCall(self, prm) -> None:  # noqa: N802
+            try:
+                self.agent._pj_on_incoming(self, prm)
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: incoming call handling failed")
+
+        def onRegState(self, prm) -> None:  # noqa: N802
+            try:
+                info = self.getInfo()
+                self.agent.registered = bool(info.regIsActive)
+                self.agent.reg_status = int(prm.code)
+                logger.info(f"sip: registration {prm.code} {prm.reason} (active={info.regIsActive}, "
+                            f"expires={info.regExpiresSec})")
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: onRegState failed")
+
+        def onInstantMessage(self, prm) -> None:  # noqa: N802
+            logger.debug(f"sip: MESSAGE from {prm.fromUri} ignored")
+
+    return Account
+
+
+def _call_class():
+    import pjsua2 as pj
+
+    class Call(pj.Call):
+        def __init__(self, acc, call_id, owner: SIPCall) -> None:
+            super().__init__(acc, call_id)
+            self.owner = owner
+
+        def onCallState(self, prm) -> None:  # noqa: N802
+            try:
+                self.owner._pj_on_state()
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: onCallState failed")
+
+        def onCallMediaState(self, prm) -> None:  # noqa: N802
+            try:
+                self.owner._pj_on_media()
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: onCallMediaState failed")
+
+        def onDtmfDigit(self, prm) -> None:  # noqa: N802
+            try:
+                self.owner._pj_on_dtmf(prm.digit)
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: onDtmfDigit failed")
+
+        def onCallTransferRequest(self, prm) -> None:  # noqa: N802
+            # Never let a caller make us dial elsewhere (toll fraud): refuse incoming REFERs.
+            logger.info(f"sip: refusing REFER to {prm.dstUri} on {self.owner.session_id}")
+            prm.statusCode = 603
+
+        def onCallTransferStatus(self, prm) -> None:  # noqa: N802
+            try:
+                prm.cont = self.owner.agent._pj_on_transfer_status(self.owner, int(prm.statusCode),
+                                                                   bool(prm.finalNotify))
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: onCallTransferStatus failed")
+
+    return Call
+
+
+class _Lazy:
+    """Build the pjsua2 subclasses on first use so importing this module does not load PJSIP."""
+
+    def __init__(self, factory: Callable[[], type]) -> None:
+        self._factory = factory
+        self._cls: type | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._cls is None:
+            self._cls = self._factory()
+        return self._cls(*args, **kwargs)
+
+
+_Account = _Lazy(_account_class)
+_Call = _Lazy(_call_class)
+
+
+async def start_sip(app_state: Any) -> SIPAgent:
+    """What ``voice serve --sip`` calls (voice.service): start the phone agent on the service's
+    models, settings (``settings.sip``) and session registry; returns the agent (``await agent.stop()``)."""
+    app_settings = app_state.settings
+    sip = getattr(app_settings, "sip", None) or SIPSettings()
+    agent = SIPAgent(sip, runtime=app_state.runtime, app_settings=app_settings,
+                     registry=getattr(app_state, "registry", None), app_state=app_state)
+    await agent.start()
+    return agent
+
+
+async def serve_sip(runtime: Any, app_settings: Any, sip_settings: SIPSettings | None = None, *,
+                    session: SessionFn | None = None, stop_event: asyncio.Event | None = None) -> None:
+    """Run the phone agent until ``stop_event`` is set (or the task is cancelled).
+
+    What ``voice serve --sip`` starts: each answered call runs
+    ``voice.session.run_session`` on its own SIPCallTransport.
+    """
+    sip = sip_settings or getattr(app_settings, "sip", None) or SIPSettings()
+    agent = SIPAgent(sip, session, runtime=runtime, app_settings=app_settings)
+    await agent.start()
+    try:
+        if stop_event is None:
+            await asyncio.Event().wait()
+        else:
+            await stop_event.wait()
+    finally:
+        await agent.stop()
+
+
+async def place_call(uri: str, runtime: Any = None, app_settings: Any = None, *,
+                     sip_settings: SIPSettings | None = None, session: SessionFn | None = None,
+                     answer_timeout: float = 60.0) -> SIPCall:
+    """Call ``uri`` and talk until either side hangs up (what ``voice call sip:user@host`` runs).
+
+    Uses a private agent on a free port (so it works next to a running
+    ``voice serve --sip``), with the SIP settings' registrar if one is
+    configured. Returns the ended call (``call.stats()`` has the numbers).
+    """
+    sip = sip_settings or getattr(app_settings, "sip", None) or SIPSettings()
+    sip = sip.model_copy(update={"port": 0})
+    agent = SIPAgent(sip, session, runtime=runtime, app_settings=app_settings)
+    await agent.start()
+    try:
+        if sip.registrar_uri:
+            for _ in range(100):  # up to 10 s for the REGISTER round trip
+                if agent.registered or (agent.reg_status or 0) >= 300:
+                    break
+                await asyncio.sleep(0.1)
+        call = await agent.place_call(uri, timeout=answer_timeout)
+        await call.wait_ended()
+        task = agent._tasks.get(call.session_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=_END_GRACE_S + 1)
+        return call
+    finally:
+        await agent.stop()
