@@ -66,7 +66,11 @@ class StreamingASRProcessor(FrameProcessor):
         audio = self._turn_audio(until)
         started = time.perf_counter()
         try:
-            text = await asyncio.get_running_loop().run_in_executor(self._executor, self._asr.transcribe, audio)
+            submit = getattr(self._asr, "submit", None)
+            if submit is not None:  # batched with other sessions' decodes (models.asr.BatchingTranscriber)
+                text = await asyncio.wrap_future(submit(audio))
+            else:
+                text = await asyncio.get_running_loop().run_in_executor(self._executor, self._asr.transcribe, audio)
         except Exception as e:  # a failing ASR must not kill the session
             await self.push_error(f"ASR failed: {e}", exception=e)
             text = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from loguru import logger
 from openai import AsyncOpenAI
 from pipecat.frames.frames import (
     Frame,
@@ -46,13 +47,21 @@ class LocalLLMService(LLMService):
     async def _generate(self, context) -> None:
         history = [m for m in context.get_messages() if isinstance(m, dict)]
         prompt = build_prompt(self._system_prompt, history)
+        # A small base model sometimes ends its turn at once (an immediate newline);
+        # one hotter retry nearly always gives it something to say.
+        for temperature in (self._temperature, max(0.9, self._temperature)):
+            if await self._stream(prompt, temperature):
+                return
+
+    async def _stream(self, prompt: str, temperature: float) -> bool:
+        """Stream one completion as LLMTextFrames; True if it produced any text."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
 
         def produce() -> None:
             try:
-                for piece in self._llm.stream(prompt, max_tokens=self._max_tokens, temperature=self._temperature):
+                for piece in self._llm.stream(prompt, max_tokens=self._max_tokens, temperature=temperature):
                     if stop.is_set():
                         self._llm.cancel()
                         break
@@ -72,10 +81,13 @@ class LocalLLMService(LLMService):
                     break
                 if isinstance(item, Exception):
                     raise item
+                if not item.strip() and first:
+                    continue
                 if first:
                     await self.stop_ttfb_metrics()
                     first = False
                 await self._push_llm_text(item)
+            return not first
         finally:
             stop.set()
             await asyncio.shield(worker) if not worker.done() else None
@@ -88,18 +100,46 @@ class LocalLLMService(LLMService):
                 await self._generate(frame.context)
             except Exception as e:
                 await self.push_error(f"local LLM failed: {e}", exception=e)
-            finally:
-                await self.push_frame(LLMFullResponseEndFrame())
+            # (An interruption cancels this task: the reply just stops, no end marker.)
+            await self.push_frame(LLMFullResponseEndFrame())
         else:
             await self.push_frame(frame, direction)
 
 
 class EndpointLLMService(OpenAILLMService):
-    """pipecat's OpenAI service with our timeout and no silent retries (a slow endpoint is a failed turn)."""
+    """pipecat's OpenAI service with our timeout and no silent retries (a slow endpoint is a failed turn).
 
-    def __init__(self, *, timeout_s: float, **kwargs):
+    Tools: the agent advertises none (its contexts carry no ``tools``) and
+    registers no function. ``allowed_tools`` (``llm.allowed_tools``, empty by
+    default) is the allowlist: registering a function outside it raises, and a
+    tool call the endpoint returns for a name outside it is refused here and
+    logged, before pipecat's registry is consulted (which would refuse an
+    unregistered one too). A refused call runs nothing; the turn then has no
+    spoken reply and the agent apologises as for any failed turn.
+    """
+
+    def __init__(self, *, timeout_s: float, allowed_tools: list[str] | tuple[str, ...] = (), **kwargs):
         self._timeout_s = timeout_s
+        self.allowed_tools = frozenset(allowed_tools)
+        self.refused_tool_calls: list[str] = []
         super().__init__(**kwargs)
+
+    def register_function(self, function_name, *args, **kwargs):
+        if function_name not in self.allowed_tools:
+            raise ValueError(f"tool {function_name!r} is not in llm.allowed_tools")
+        return super().register_function(function_name, *args, **kwargs)
+
+    async def run_function_calls(self, function_calls):
+        allowed = []
+        for call in function_calls:
+            if call.function_name in self.allowed_tools:
+                allowed.append(call)
+            else:
+                self.refused_tool_calls.append(call.function_name)
+                logger.warning(f"refused a tool call the LLM returned: {call.function_name!r} "
+                               f"is not in llm.allowed_tools")
+        if allowed:
+            await super().run_function_calls(allowed)
 
     def create_client(self, api_key=None, base_url=None, organization=None, project=None,
                       default_headers=None, **kwargs):
@@ -113,7 +153,7 @@ def make_llm_service(settings, local_llm: LocalLLM | None) -> LLMService:
     if s.backend == "openai":
         return EndpointLLMService(
             api_key=s.api_key.get_secret_value() or "not-needed", base_url=s.base_url,
-            timeout_s=s.timeout_s,
+            timeout_s=s.timeout_s, allowed_tools=s.allowed_tools,
             settings=OpenAILLMService.Settings(model=s.model, temperature=s.temperature,
                                                max_completion_tokens=s.max_tokens),
         )

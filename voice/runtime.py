@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from models.asr import Transcriber, load_transcriber
+from models.asr import BatchingTranscriber, Transcriber, load_transcriber
 from models.llm import LocalLLM, load_local_llm
 from models.backchannel import synthesize_backchannels
 from models.tts import PiperSynth
@@ -56,6 +56,8 @@ class Runtime:
         backchannels = synthesize_backchannels(synth)
         runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
                       native_spec=settings.native.model)
+        if settings.asr.batch_max > 1 and hasattr(transcriber, "transcribe_batch"):
+            runtime.transcriber = BatchingTranscriber(transcriber, runtime.analysis, settings.asr.batch_max)
         if settings.pipeline == "native":
             runtime.native_model()
         logger.info(f"models loaded in {runtime.load_seconds:.2f}s")

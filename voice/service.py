@@ -9,9 +9,18 @@ Endpoints
   GET  /api/config   what the page needs: ICE servers, pipelines, limits
   POST /api/offer    {"sdp", "type": "offer", "pc_id"?, "pipeline"?} -> {"sdp", "type": "answer", "pc_id", "session"}
   PATCH /api/offer   trickle ICE: {"pc_id", "candidates": [{"candidate", "sdp_mid", "sdp_mline_index"}]}
+  POST /api/token    (Authorization: Bearer API_KEY) -> {"token", "expires_at", "ttl_s"}
+  GET  /api/livekit/token?room=R[&name=N]   LiveKit mode: {"url", "room", "identity", "token", "ttl_s", "agent_name"}
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status (503 ``busy`` at
 ``settings.max_sessions`` live sessions), never a traceback.
+
+Security (voice/security.py): bound to anything but loopback (or with
+``security.require_token``), the offer endpoints need ``Authorization: Bearer``
+with the API key or a token from ``/api/token`` (401 otherwise); CORS only for
+``security.cors_origins``. Shutdown (SIGTERM to ``voice serve``): new offers get
+503 ``shutting down``, live turns get up to ``security.shutdown_grace_s`` to
+finish, then sessions end and their records are closed.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import re
 import sys
 import threading
 import uuid
@@ -42,6 +52,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_CANDIDATES = 64
 PIPELINES = ("cascaded", "native")
 _ENDED_REMEMBERED = 1024
+_ROOM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ApiError(Exception):
@@ -64,13 +75,14 @@ class SessionRegistry:
 
     def __init__(self, max_sessions: int):
         self.max_sessions = max_sessions
+        self.draining = False  # shutting down: no new sessions of any transport
         self._live: dict[str, str] = {}
         self._lock = threading.Lock()  # SIP may reserve from its own thread
 
     def try_reserve(self, kind: str, key: str | None = None) -> str | None:
         """A slot key, or None when the service is full."""
         with self._lock:
-            if len(self._live) >= self.max_sessions:
+            if self.draining or len(self._live) >= self.max_sessions:
                 return None
             key = key or uuid.uuid4().hex
             self._live[key] = kind
@@ -103,6 +115,7 @@ class ServiceState:
     tasks: set = field(default_factory=set)
     sessions_started: int = 0
     pipeline_errors: dict = field(default_factory=dict)  # pipeline -> why it cannot run here
+    draining: bool = False  # SIGTERM received: refusing new sessions
 
     def pipelines(self) -> list[str]:
         """The engines this process can run now (the page offers only these)."""
@@ -135,6 +148,37 @@ class ServiceState:
                 self.pipeline_errors[name] = f"the native model cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                 logger.warning(self.pipeline_errors[name])
         raise ApiError(503, "pipeline unavailable", detail=self.pipeline_errors[name])
+
+    def turn_live(self) -> list[str]:
+        """Ids of the WebRTC sessions in the middle of a turn (the user talking, or a reply owed or playing)."""
+        out = []
+        for ws in self.webrtc.values():
+            session = getattr(ws, "session", None)
+            if session is not None and ws.end_reason is None and \
+                    session.turn.controller.state.value != "listening":
+                out.append(ws.id)
+        return out
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new sessions, let live turns finish (up to ``grace_s``), then end every session."""
+        import time
+
+        self.draining = True
+        self.registry.draining = True
+        deadline = time.monotonic() + grace_s
+        logger.info(f"shutting down: no new sessions; {len(self.webrtc)} live, "
+                    f"waiting up to {grace_s:.0f}s for turns in progress")
+        while time.monotonic() < deadline:
+            live = self.turn_live()
+            if not live:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            logger.warning(f"shutdown grace period over with turns still in progress: {', '.join(self.turn_live())}")
+        for ws in list(self.webrtc.values()):
+            await ws.stop("server shutting down")
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=max(5.0, deadline - time.monotonic()))
 
     def remember_ended(self, pc_id: str) -> None:
         self.ended[pc_id] = True
@@ -209,12 +253,22 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
     """The service's ASGI app; ``runtime`` holds the models every session shares."""
     from voice.transports.webrtc import allow_loopback_candidates
 
+    from voice import security
+
     allow_loopback_candidates()
     state = ServiceState(settings, runtime, SessionRegistry(settings.max_sessions))
     web = Path(web_dir) if web_dir is not None else WEB_DIR
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        store_writer = None
+        if settings.store.enabled:  # open (and migrate) the session store before the first session
+            from voice.store import StoreError, shared_writer
+
+            try:
+                store_writer = await asyncio.to_thread(shared_writer, settings)
+            except (StoreError, OSError) as e:
+                logger.error(f"sessions will not be recorded: {e}")
         sip_handle = None
         if sip_starter is not None:
             sip_handle = sip_starter(state)
@@ -224,9 +278,22 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
             yield
         finally:
             await _shutdown(state, sip_handle)
+            if store_writer is not None:  # every ended session's record is on disk
+                await asyncio.to_thread(store_writer.flush, 30.0)
 
     app = FastAPI(title="voice agent", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.voice = state
+    if settings.security.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.security.cors_origins),
+                           allow_methods=["GET", "POST", "PATCH"],
+                           allow_headers=["Authorization", "Content-Type", "X-Voice-Token"], max_age=600)
+
+    @app.exception_handler(security.AuthError)
+    async def _auth_error(request: Request, exc: security.AuthError):
+        return JSONResponse({"error": "unauthorized", "detail": str(exc)}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -250,7 +317,8 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "ready": runtime is not None, "sessions": state.registry.live,
+        return {"status": "draining" if state.draining else "ok", "ready": runtime is not None,
+                "sessions": state.registry.live,
                 "webrtc_sessions": len(state.webrtc), "max_sessions": state.registry.max_sessions,
                 "sessions_started": state.sessions_started}
 
@@ -259,15 +327,54 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
         from voice.transports.webrtc import page_ice_servers
 
         return {"ice_servers": page_ice_servers(settings), "pipelines": state.pipelines(),
-                "pipeline": settings.pipeline, "max_sessions": settings.max_sessions}
+                "pipeline": settings.pipeline, "max_sessions": settings.max_sessions,
+                "auth_required": security.auth_required(settings)}
+
+    @app.post("/api/token")
+    async def token(request: Request):
+        security.check_key(settings, request.headers)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > 1024):
+            raise ApiError(413, "request body too large (limit 1024 bytes)")
+        ttl = settings.security.token_ttl_s
+        value, expires = security.mint_token(security.api_key(settings), ttl)
+        return JSONResponse({"token": value, "expires_at": expires, "ttl_s": ttl},
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/livekit/token")
+    async def livekit_token(request: Request, room: str | None = None, name: str | None = None):
+        """LiveKit mode: a room token for the page (join ROOM; the agent is dispatched to it)."""
+        security.check_session_request(settings, request.headers)
+        lk = getattr(settings, "livekit", None)
+        if lk is None or not lk.enabled:
+            raise ApiError(404, "LiveKit mode is off",
+                           detail="set livekit.url, livekit.api_key and livekit.api_secret to turn it on")
+        if state.draining:
+            raise ApiError(503, "shutting down", detail="the server is shutting down; try again shortly")
+        room = room or f"call-{uuid.uuid4().hex[:12]}"
+        if not _ROOM_NAME.fullmatch(room):
+            raise ApiError(400, "'room' must be 1-64 characters: letters, digits, '-', '_' or '.'")
+        if name is not None and (not name.strip() or len(name) > 64):
+            raise ApiError(400, "'name' must be 1-64 characters")
+        from voice.transports.livekit import mint_room_token
+
+        identity = f"user-{uuid.uuid4().hex[:10]}"
+        value = mint_room_token(lk, room=room, identity=identity, name=name)
+        return JSONResponse({"url": lk.url, "room": room, "identity": identity, "token": value,
+                             "ttl_s": lk.token_ttl_s, "agent_name": lk.agent_name or None},
+                            headers={"Cache-Control": "no-store"})
 
     @app.post("/api/offer")
     async def offer(request: Request):
+        security.check_session_request(settings, request.headers)
+        if state.draining:
+            raise ApiError(503, "shutting down", detail="the server is shutting down; try again shortly")
         data = await read_json_body(request)
         return await _handle_offer(state, data)
 
     @app.patch("/api/offer")
     async def patch_offer(request: Request):
+        security.check_session_request(settings, request.headers)
         data = await read_json_body(request)
         await _handle_patch(state, data)
         return {"ok": True}
@@ -314,6 +421,8 @@ async def _handle_offer(state: ServiceState, data: dict[str, Any]) -> dict[str, 
         answer = live.connection.get_answer()
         return {**answer, "session": live.id}
 
+    if state.draining:
+        raise ApiError(503, "shutting down", detail="the server is shutting down; try again shortly")
     slot = state.registry.try_reserve("webrtc")
     if slot is None:
         raise ApiError(503, "busy", detail=f"all {state.registry.max_sessions} sessions are in use")
@@ -484,6 +593,20 @@ def serve(settings, sip: bool = False) -> None:
             print("voice: error: SIP is not available in this build "
                   "(voice.transports.sip.start_sip is missing); run without --sip", file=sys.stderr)
             raise SystemExit(2)
+    from voice import security
+
+    problem = security.startup_problem(settings)
+    if problem is not None:
+        print(f"voice: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    if settings.store.enabled:  # a bad store URL is a one-line error before the models load
+        from voice.store import StoreError, shared_writer
+
+        try:
+            shared_writer(settings)
+        except (StoreError, OSError) as e:
+            print(f"voice: error: {e}", file=sys.stderr)
+            raise SystemExit(2)
     runtime = Runtime.load(settings)
     app = create_app(settings, runtime, sip_starter=starter)
     shown = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
@@ -492,5 +615,53 @@ def serve(settings, sip: bool = False) -> None:
     if shown != "localhost":
         print("note: browsers only allow the microphone on https:// or localhost pages; "
               "put a TLS proxy in front for other hosts", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=False, lifespan="on")
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                            access_log=False, lifespan="on")
+    graceful_server(config, app.state.voice, settings.security.shutdown_grace_s).run()
+    from voice.store import close_writers
+
+    close_writers()
+
+
+def graceful_server(config, state: ServiceState, grace_s: float):
+    """uvicorn's Server with a graceful first SIGTERM/SIGINT (``voice serve``).
+
+    The first signal drains (:meth:`ServiceState.drain`: new offers get 503,
+    live turns finish within the grace period, sessions end, records close),
+    then the server stops as usual and the process exits 0. A second signal
+    stops at once (uvicorn's own handling).
+    """
+    import signal
+
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        def __init__(self):
+            super().__init__(config)
+            self._loop = None
+            self._draining = False
+
+        async def startup(self, sockets=None):
+            self._loop = asyncio.get_running_loop()
+            await super().startup(sockets=sockets)
+
+        def handle_exit(self, sig, frame):
+            if self._draining or self._loop is None:
+                return super().handle_exit(sig, frame)
+            self._draining = True
+            print(f"voice: {signal.Signals(sig).name} received, draining (up to {grace_s:.0f}s)",
+                  file=sys.stderr, flush=True)
+            self._loop.call_soon_threadsafe(self._start_drain)
+
+        def _start_drain(self):
+            self._drain_task = asyncio.ensure_future(self._drain())  # held: not garbage-collected mid-drain
+
+        async def _drain(self):
+            try:
+                await state.drain(grace_s)
+            except Exception as e:
+                logger.exception(f"drain failed: {e}")
+            finally:
+                self.should_exit = True
+
+    return GracefulServer()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipecat.frames.frames import EndFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -48,8 +49,13 @@ class Session:
 
 
 def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
-                  pipeline_kind: str = "cascaded", echo_guard: bool = False) -> Session:
-    """The same front (VAD, ASR, turn controller) and back (gate, output) around either engine."""
+                  pipeline_kind: str = "cascaded", echo_guard: bool = False, audio_recorder=None,
+                  probe=None) -> Session:
+    """The same front (VAD, ASR, turn controller) and back (gate, output) around either engine.
+
+    ``probe`` (a FrameProcessor, e.g. the load benchmark's input-lag meter) goes
+    in just before the turn controller.
+    """
     conversation = Conversation(system_prompt=settings.llm.system_prompt)
     native = pipeline_kind == "native"
     turn_config = settings.turn.controller_config(speculate=not native)
@@ -67,20 +73,28 @@ def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
     guard = EchoGuard(events.clock, ratio=settings.vad.echo_ratio) if echo_guard else None
     pipeline = Pipeline([
         transport.input(),
+        *([audio_recorder.mic_tap()] if audio_recorder else []),  # store.record_audio (voice/recording.py)
         VADProcessor(settings.vad, echo_guard=guard),
         # ASR before Smart Turn: both queue on one analysis thread, the transcript first.
         StreamingASRProcessor(runtime.transcriber, executor=runtime.analysis,
                               partial_interval_s=settings.asr.partial_interval_s),
         SmartTurnProcessor(runtime.smart_turn, executor=runtime.analysis),
+        *([probe] if probe is not None else []),
         turn,
         *engine,
         TTSTap(conversation, events),
         ReplyGate(),
         transport.output(),
+        *([audio_recorder.agent_tap()] if audio_recorder else []),
         *([PlaybackTap(guard)] if guard else []),
         PlayedTextRecorder(conversation, events),
     ])
-    worker = PipelineWorker(pipeline, params=PipelineParams(enable_metrics=False),
+    # The pipeline's audio rates are the transport's: TTS then renders straight at
+    # the output rate and nothing is resampled twice.
+    out_params = getattr(transport.output(), "_params", None)
+    out_rate = getattr(out_params, "audio_out_sample_rate", None) or 24000
+    worker = PipelineWorker(pipeline, params=PipelineParams(enable_metrics=False, audio_in_sample_rate=16000,
+                                                            audio_out_sample_rate=out_rate),
                             idle_timeout_secs=None, cancel_on_idle_timeout=False, enable_rtvi=False)
     return Session(events, conversation, turn, worker)
 
@@ -88,11 +102,15 @@ def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
 async def run_session(transport: BaseTransport, runtime, settings, *, transport_name: str,
                       session_id: str | None = None, echo_guard: bool = False,
                       events: EventLog | None = None, caller: str | None = None,
-                      callee: str | None = None, on_start=None, pipeline: str | None = None) -> EventLog:
+                      callee: str | None = None, on_start=None, pipeline: str | None = None,
+                      probe=None) -> EventLog:
     """Run one conversation until the transport ends it; returns its event log."""
     events = events or EventLog(session_id or new_session_id())
     pipeline_kind = pipeline or settings.pipeline
-    session = build_session(transport, runtime, settings, events, pipeline_kind, echo_guard)
+    # --- session record (voice/store): every transport gets one, written turn by turn ---
+    recorder, audio = _attach_records(settings, events)
+    session = build_session(transport, runtime, settings, events, pipeline_kind, echo_guard, audio_recorder=audio,
+                            probe=probe)
     if on_start is not None:
         on_start(session)
     events.emit("session_start", transport=transport_name, pipeline=pipeline_kind,
@@ -103,4 +121,38 @@ async def run_session(transport: BaseTransport, runtime, settings, *, transport_
         await runner.run()
     finally:
         events.emit("session_end", turns=len(session.conversation.marks))
+        # --- session record: write what is left, finish the audio files ---
+        if recorder is not None:
+            recorder.close()
+        if audio is not None:
+            await audio.aclose()
     return events
+
+
+def _attach_records(settings, events: EventLog):
+    """(SessionRecorder, AudioRecorder) for this session per ``settings.store``; (None, None) when off.
+
+    A store that cannot be opened is logged and the session runs unrecorded.
+    """
+    store = getattr(settings, "store", None)
+    if store is None or not store.enabled:
+        return None, None
+    from loguru import logger
+
+    from voice.store import SessionRecorder, StoreError, shared_writer
+
+    audio = None
+    audio_dir = None
+    if store.record_audio:
+        from voice.recording import AudioRecorder
+
+        audio_dir = Path(settings.data_dir).resolve() / "recordings" / events.session_id
+        audio = AudioRecorder(audio_dir, events.clock)
+    try:
+        writer = shared_writer(settings)
+    except (StoreError, OSError) as e:
+        logger.error(f"session {events.session_id} is not recorded: {e}")
+        return None, audio
+    recorder = SessionRecorder(writer, events.session_id, audio_dir=str(audio_dir) if audio_dir else None)
+    events.subscribe(recorder)
+    return recorder, audio

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ from voice.events import EventLog, SessionClock, new_session_id
 
 OUTPUT_RATE = 16000
 SPEAKER_LEAD_S = 0.04  # how far ahead of "now" the simulated sound card buffers
+UNDERRUN_MIN_S = 0.02  # a gap of one 20 ms frame or more is audible
+UNDERRUN_WINDOW_S = 1.0
 
 
 class FileInputTransport(BaseInputTransport):
@@ -89,6 +91,10 @@ class FileOutputTransport(BaseOutputTransport):
         self._chunks: list[tuple[int, np.ndarray]] = []
         self._playhead = 0.0
         self.last_audio_end = 0.0
+        # Underruns: (t, seconds) where the speaker ran dry in the middle of the agent's
+        # speech (the next frame came after the buffered audio had played out, less
+        # than UNDERRUN_WINDOW_S after it; a longer silence is a new utterance).
+        self.underruns: list[tuple[float, float]] = []
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
@@ -99,6 +105,9 @@ class FileOutputTransport(BaseOutputTransport):
         if frame.num_channels > 1:
             samples = samples.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
         now = self._clock.now()
+        gap = now - self._playhead
+        if self._chunks and UNDERRUN_MIN_S <= gap < UNDERRUN_WINDOW_S:
+            self.underruns.append((round(self._playhead, 3), round(gap, 3)))
         self._playhead = max(self._playhead, now)
         start = int(round(self._playhead * OUTPUT_RATE))
         self._chunks.append((start, samples.copy()))
@@ -153,6 +162,7 @@ class TalkResult:
     events: EventLog
     input_seconds: float
     output_seconds: float
+    underruns: list = field(default_factory=list)  # (t, gap s): see FileOutputTransport.underruns
 
     def turn_metrics(self) -> list[dict]:
         return self.events.of("turn_metrics")
@@ -174,7 +184,7 @@ def shared_runtime(settings):
 
 async def talk_file(input_wav, output_wav, events_path, settings, *, runtime=None,
                     max_tail_s: float = 20.0, echo_guard: bool = False,
-                    simulate_echo_db: float | None = None) -> TalkResult:
+                    simulate_echo_db: float | None = None, probe=None) -> TalkResult:
     """Run INPUT through the agent in real time; write OUTPUT (16 kHz) and the JSONL event log.
 
     ``simulate_echo_db`` feeds the agent's own output back into the microphone at
@@ -205,10 +215,12 @@ async def talk_file(input_wav, output_wav, events_path, settings, *, runtime=Non
 
     try:
         await run_session(transport, runtime, settings, transport_name="file", events=events,
-                          echo_guard=echo_guard, on_start=lambda session: state.update(session=session))
+                          echo_guard=echo_guard, on_start=lambda session: state.update(session=session),
+                          probe=probe)
     finally:
         events.close()
     out = transport.output().render(len(audio) / PIPELINE_RATE)
     write_wav(output_wav, out, OUTPUT_RATE)
-    return TalkResult(Path(output_wav), events, len(audio) / PIPELINE_RATE, len(out) / OUTPUT_RATE)
+    return TalkResult(Path(output_wav), events, len(audio) / PIPELINE_RATE, len(out) / OUTPUT_RATE,
+                      underruns=list(transport.output().underruns))
 

@@ -29,7 +29,9 @@ class LLMTap(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if isinstance(frame, LLMFullResponseStartFrame):
+        if isinstance(frame, InterruptionFrame):
+            self._waiting = False  # a cut reply is not an empty one
+        elif isinstance(frame, LLMFullResponseStartFrame):
             self._waiting = True
             self._conv.start_reply()
         elif isinstance(frame, LLMTextFrame):

@@ -6,6 +6,7 @@ not wall time, so it is exact whatever the event loop does).
 
 from __future__ import annotations
 
+import threading
 from importlib import resources
 
 import numpy as np
@@ -24,12 +25,34 @@ def silero_model_path() -> str:
     return str(resources.files("pipecat.audio.vad").joinpath("data/silero_vad.onnx"))
 
 
+_silero_session = None
+_silero_lock = threading.Lock()
+
+
+def shared_silero() -> SileroOnnxModel:
+    """A Silero model with its own recurrent state over the one ONNX session of the process.
+
+    pipecat's SileroOnnxModel opens an onnxruntime InferenceSession per
+    instance (about 10 MB each); the session is stateless and thread-safe
+    (the LSTM state is passed in and out), so every conversation shares one.
+    """
+    global _silero_session
+    with _silero_lock:
+        if _silero_session is None:
+            _silero_session = SileroOnnxModel(silero_model_path()).session
+    model = SileroOnnxModel.__new__(SileroOnnxModel)
+    model.session = _silero_session
+    model.sample_rates = [8000, 16000]
+    model.reset_states()
+    return model
+
+
 class SpeechDetector:
     """Frame-by-frame speech decision with start/stop hysteresis. Pure, no pipecat."""
 
     def __init__(self, *, aggressiveness: int, threshold: float, start_s: float, stop_s: float):
         self._webrtc = webrtcvad.Vad(aggressiveness)
-        self._silero = SileroOnnxModel(silero_model_path())
+        self._silero = shared_silero()
         self._threshold = threshold
         self._start_s = start_s
         self._stop_s = stop_s

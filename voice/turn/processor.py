@@ -18,7 +18,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from voice.audio import PIPELINE_RATE
+from voice.audio import PIPELINE_RATE, resample_pcm16
 from voice.conversation import Conversation
 from voice.events import EventLog
 from voice.frames import (
@@ -47,7 +47,12 @@ class TurnProcessor(FrameProcessor):
         # Pre-synthesised acknowledgements: (text, pcm16 bytes, sample rate), used in turn.
         self._backchannels = itertools.cycle(list(backchannels)) if backchannels else None
         self._backchannel_playing = False
+        self._out_rate: int | None = None
         self._samples = 0
+
+    async def setup(self, setup):
+        await super().setup(setup)
+        self._out_rate = setup.audio_out_sample_rate
 
     @property
     def now(self) -> float:
@@ -118,6 +123,9 @@ class TurnProcessor(FrameProcessor):
         if self._backchannels is None:
             return
         text, pcm, rate = next(self._backchannels)
+        if self._out_rate and rate != self._out_rate:
+            # The output resamples one stream at one rate: hand it the rate the TTS uses.
+            pcm, rate = resample_pcm16(pcm, rate, self._out_rate), self._out_rate
         self.events.emit("backchannel", turn=turn, t=a.data["t"], text=text)
         self._backchannel_playing = True
         await self.push_frame(OutputAudioRawFrame(audio=pcm, sample_rate=rate, num_channels=1))
