@@ -33,9 +33,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q torch==2.13.0
 	@echo ">> installing the service; the first time, pip compiles llama-cpp-python (about 10 minutes on 2 cores)"
-	$(PIP) install --progress-bar off -e '.[native,bench,dev]'
+	$(PIP) install --progress-bar off -e '.[native,bench,dev,livekit]'
 	$(PIP) install -q --no-deps $(NO_DEPS)
-	$(PY) -c "import torch, llama_cpp, faster_whisper, piper, pipecat, moshi, snac; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -c "import torch, llama_cpp, faster_whisper, piper, pipecat, moshi, snac, livekit.agents; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 define apt_install
@@ -56,9 +56,17 @@ system-deps-test:
 bench-latency: system-deps-run $(STAMP)
 	$(PY) -m bench.latency --n 12
 
+# N simultaneous conversations, in process then over loopback WebRTC, ramped until real time breaks.
+bench-load: system-deps-run $(STAMP)
+	$(PY) -m bench.load --levels 1,2,3,4,6,8 --transport both --webrtc-max-n 2 --out out/bench-load
+
 bench: system-deps-run $(STAMP)
 	$(VENV)/bin/voice bench make-data out/fdb-data --n 5 --seed 0
 	$(VENV)/bin/voice bench fdb out/fdb-data --task all --pipeline cascaded --out out/fdb
+
+# Not in CI: 30 minutes of back-to-back conversations; RSS, fds, tasks, lost turns (out/soak.json).
+bench-soak: system-deps-run $(STAMP)
+	$(PY) -m bench.soak --minutes 30 --webrtc --out out/soak.json
 
 clean:
 	rm -rf $(VENV) out test-output

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-PHRASES = ("Mm-hmm.", "Yeah.", "Right.", "Okay.")
+# Piper cannot say "mm-hmm" or "uh-huh" (it spells them out): words it says cleanly.
+PHRASES = ("Yeah.", "Right.", "Okay.", "I see.")
 MAX_SECONDS = 0.8
 
 

@@ -9,6 +9,7 @@ Instruction-tuned GGUF files are prompted the same way, which they handle fine.
 
 from __future__ import annotations
 
+import atexit
 import re
 import threading
 from collections.abc import Iterator
@@ -60,6 +61,9 @@ class LocalLLM:
                          n_batch=256, verbose=False)
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        # Free the model before interpreter teardown: llama-cpp-python's own
+        # finaliser runs too late and prints a TypeError on exit.
+        atexit.register(self.llm.close)
 
     def warm_up(self, system_prompt: str) -> None:
         """Evaluate the fixed prompt prefix once so the first real turn hits the cache."""

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from models.weights import EMBEDDED, WeightsNotFound, embedded_piper_voice, local_file
 
 
@@ -19,14 +21,22 @@ class PiperSynth:
         config = Path(str(path) + ".json")
         if not config.exists():
             raise WeightsNotFound(f"Piper voice config not found beside the model: {config}")
-        self.voice = PiperVoice.load(path, config_path=config)
+        try:
+            self.voice = PiperVoice.load(path, config_path=config)
+        except Exception as e:  # a corrupt or truncated .onnx/.json: one clear line, not an onnxruntime trace
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsNotFound(f"cannot load Piper voice {path}: {first[:300]}") from None
         self.sample_rate: int = self.voice.config.sample_rate
         self._syn = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
         self._lock = threading.Lock()
 
     def stream(self, text: str) -> Iterator[bytes]:
         for chunk in self.voice.synthesize(text, syn_config=self._syn):
-            yield chunk.audio_int16_bytes
+            # Piper's own int16 conversion turns a NaN from the model into -32768 (a full-scale
+            # click); convert here with NaN/inf as silence.
+            audio = np.nan_to_num(np.asarray(chunk.audio_float_array, dtype=np.float32),
+                                  nan=0.0, posinf=0.0, neginf=0.0)
+            yield (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
 
     def synthesize(self, text: str) -> bytes:
         with self._lock:

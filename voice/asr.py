@@ -20,6 +20,7 @@ from voice.frames import SpeechStartedFrame, SpeechStoppedFrame, TranscriptFrame
 
 PRE_ROLL_S = 0.3  # audio kept before the VAD onset (the VAD needs start_s to decide)
 TAIL_S = 0.15  # audio kept after the VAD's speech end (soft word endings)
+SETTLE_AFTER_S = 8.0  # a decoded span this long is settled: later pauses decode only what follows
 
 
 class StreamingASRProcessor(FrameProcessor):
@@ -39,6 +40,10 @@ class StreamingASRProcessor(FrameProcessor):
         self._revision = 0
         self._decoding: asyncio.Task | None = None
         self._last_partial = 0.0
+        # Long turns (monologues) are decoded piecewise: the text of settled spans is kept,
+        # and each pause decodes only from the anchor on, so the cost stays flat.
+        self._anchor: float | None = None
+        self._settled = ""
 
     @property
     def now(self) -> float:
@@ -55,15 +60,20 @@ class StreamingASRProcessor(FrameProcessor):
             self._buf_samples -= len(dropped)
         self._buf_start = self.now - self._buf_samples / PIPELINE_RATE
 
-    def _turn_audio(self, until: float) -> np.ndarray:
+    def _turn_audio(self, since: float | None, until: float) -> np.ndarray:
         audio = np.concatenate(self._buf) if self._buf else np.zeros(0, np.int16)
+        start = 0 if since is None else int(max(0.0, since - self._buf_start) * PIPELINE_RATE)
         keep = int(max(0.0, until - self._buf_start) * PIPELINE_RATE)
-        return audio[:keep].astype(np.float32) / 32768.0
+        return audio[start:keep].astype(np.float32) / 32768.0
 
     async def _decode(self, until: float, final: bool) -> None:
         self._revision += 1
         revision = self._revision
-        audio = self._turn_audio(until)
+        since = self._anchor
+        audio = self._turn_audio(since, until)
+        settle = final and len(audio) / PIPELINE_RATE >= SETTLE_AFTER_S
+        if settle:
+            self._anchor = until  # later decodes start here (decodes complete in order)
         started = time.perf_counter()
         try:
             submit = getattr(self._asr, "submit", None)
@@ -74,7 +84,20 @@ class StreamingASRProcessor(FrameProcessor):
         except Exception as e:  # a failing ASR must not kill the session
             await self.push_error(f"ASR failed: {e}", exception=e)
             text = ""
+            if final:
+                # The turn's words are lost: the turn processor apologises (error on the
+                # TranscriptFrame) and the next turn starts from fresh audio.
+                error = f"ASR failed: {e}"
+                self._in_turn = False
+                self._append(b"")
+                await self.push_frame(TranscriptFrame(text="", revision=revision, audio_end=until,
+                                                      asr_seconds=time.perf_counter() - started, final=True,
+                                                      error=error))
+                return
         took = time.perf_counter() - started
+        text = " ".join(p for p in (self._settled, text) if p).strip()
+        if settle:
+            self._settled = text
         if final:
             await self.push_frame(TranscriptFrame(text=text, revision=revision, audio_end=until,
                                                   asr_seconds=took, final=True))
@@ -103,6 +126,7 @@ class StreamingASRProcessor(FrameProcessor):
             self._start_decode(frame.end + TAIL_S, final=True)
         elif isinstance(frame, UserTurnEndedFrame):
             self._in_turn = False
+            self._anchor, self._settled = None, ""
             self._append(b"")  # trim to pre-roll
             return  # consumed: nobody upstream needs it
         await self.push_frame(frame, direction)

@@ -10,6 +10,7 @@ import soxr
 
 PIPELINE_RATE = 16000  # what VAD and ASR consume
 FRAME_MS = 20
+MIN_INPUT_RATE = 1000
 
 
 class AudioError(ValueError):
@@ -49,8 +50,8 @@ def read_wav(path: str | Path, rate: int = PIPELINE_RATE) -> np.ndarray:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioError(f"cannot read audio file {p}: {str(e).splitlines()[0]}") from None
-    if sr <= 0:
-        raise AudioError(f"audio file {p} has an invalid sample rate {sr}")
+    if sr < MIN_INPUT_RATE:  # also bounds resampling: 1 Hz audio would grow 16,000-fold in memory
+        raise AudioError(f"audio file {p} has an unusable sample rate {sr} Hz (at least {MIN_INPUT_RATE} Hz)")
     if data.shape[0] == 0:
         raise AudioError(f"audio file {p} is empty")
     mono = data.mean(axis=1)

@@ -30,6 +30,7 @@ class TranscriptFrame(SystemFrame):
     audio_end: float = 0.0
     asr_seconds: float = 0.0
     final: bool = True
+    error: str | None = None  # the recogniser failed on this turn's audio (the text is then empty)
 
 
 @dataclass

@@ -98,12 +98,12 @@ class TurnSettings(BaseModel):
     # Silence before a turn that reads complete (Smart Turn + text cues) is taken as ended:
     # a question, a statement, mixed evidence, a turn that reads unfinished ("and", "um").
     endpoint_silence_s: float = Field(0.45, ge=0.1, le=3.0)
-    statement_wait_s: float = Field(0.6, ge=0.1, le=5.0)
-    mid_wait_s: float = Field(1.0, ge=0.1, le=5.0)
+    statement_wait_s: float = Field(1.0, ge=0.1, le=5.0)
+    mid_wait_s: float = Field(1.2, ge=0.1, le=5.0)
     max_wait_s: float = Field(2.5, ge=0.2, le=8.0)
     # Long turns are monologues: the wait at a statement grows with the speech so far.
-    monologue_wait_per_s: float = Field(0.1, ge=0.0, le=1.0)
-    monologue_max_wait_s: float = Field(1.6, ge=0.1, le=8.0)
+    monologue_wait_per_s: float = Field(0.08, ge=0.0, le=1.0)
+    monologue_max_wait_s: float = Field(1.8, ge=0.1, le=8.0)
     # Fused P(turn complete) = w * SmartTurn + (1 - w) * text cues; thresholds for short/long waits.
     smart_turn_weight: float = Field(0.35, ge=0.0, le=1.0)
     complete_p: float = Field(0.6, ge=0.0, le=1.0)

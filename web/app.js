@@ -193,15 +193,46 @@ function startMeters() {
 
 // ------------------------------------------------------------------ signalling
 
+// ------------------------------------------------------------------ access token
+// A server bound beyond localhost needs a token (or its API key) to start a session.
+// Open the page as /?token=...: the token moves to sessionStorage (this tab only)
+// and out of the address bar, and goes to the server as an Authorization header.
+const TOKEN_KEY = "voice-token";
+
+function takeTokenFromUrl() {
+  const url = new URL(window.location.href);
+  const token = url.searchParams.get("token");
+  if (token === null) return;
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url.pathname + url.search + url.hash);
+}
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+takeTokenFromUrl();
+
 async function postJSON(method, url, body) {
   let res;
   try {
-    res = await fetch(url, { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    res = await fetch(url, { method, headers: { "Content-Type": "application/json", ...authHeaders() },
+                             body: JSON.stringify(body) });
   } catch {
     throw new Error("Cannot reach the server. Is `voice serve` running?");
   }
   let data = {};
   try { data = await res.json(); } catch { /* not JSON */ }
+  if (res.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    throw new Error(`This server needs an access token (${data.detail || "unauthorized"}). ` +
+                    "Open the page with ?token=YOUR_TOKEN.");
+  }
+  if (res.status === 503 && data.error === "shutting down") {
+    throw new Error("The server is shutting down. Try again in a moment.");
+  }
   if (res.status === 503 && data.error === "busy") {
     throw new Error(`The agent is busy (${data.detail || "all sessions are in use"}). Try again in a moment.`);
   }
@@ -421,6 +452,10 @@ async function loadConfig(first = false) {
     return;
   }
   if (!cfg) return;
+  app.authRequired = !!cfg.auth_required;
+  if (first && app.authRequired && !sessionStorage.getItem(TOKEN_KEY)) {
+    showError("This server needs an access token: open the page with ?token=YOUR_TOKEN.");
+  }
   const available = cfg.pipelines || [];
   for (const o of [...ui.pipeline.options]) {
     o.disabled = !available.includes(o.value);

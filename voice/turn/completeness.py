@@ -36,6 +36,8 @@ def completeness(text: str) -> float:
         return 0.95
     if stripped.endswith("."):
         return 0.8
+    if _QUESTION_START.match(last_sentence(stripped).lower()):
+        return 0.75  # an unpunctuated question that does not stop on a function word
     return 0.5
 
 
@@ -57,3 +59,19 @@ def is_question(text: str) -> bool:
     if last.endswith((".", "!")):
         return False  # the recogniser punctuated it as a statement
     return bool(_QUESTION_START.match(last))
+
+
+_REQUEST_START = re.compile(
+    r"^(please|tell|give|show|find|set|play|call|book|help|remind|explain|describe|recommend|suggest|"
+    r"let's|lets|let me know|i'd like|i would like|i want|i need|i'm looking for|can you|could you|"
+    r"would you|will you|what about|how about)\b")
+
+
+def is_request(text: str) -> bool:
+    """A question or a request ("tell me...", "I'd like...", "please..."): it asks for a reply.
+
+    Narration ("we drove up to the lake.") does not, and in a long turn it is
+    usually followed by more narration: it gets a longer wait.
+    """
+    last = last_sentence(text).lower().lstrip("\"' ")
+    return is_question(text) or bool(_REQUEST_START.match(last)) or last.endswith("please.")

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from voice.turn.completeness import completeness, is_question
+from voice.turn.completeness import completeness, is_request
 
 
 class State(str, Enum):
@@ -48,14 +48,14 @@ class Action:
 class TurnConfig:
     """Thresholds; defaults chosen with the FDB harness (see docs/turn-taking.md)."""
 
-    endpoint_silence_s: float = 0.45   # wait after a complete question
-    statement_wait_s: float = 0.6      # ... after a complete statement (it may be the first of several)
-    mid_wait_s: float = 1.0            # ... when the evidence is mixed
+    endpoint_silence_s: float = 0.45   # wait after a complete question or request
+    statement_wait_s: float = 1.0      # ... after a complete statement (it may be the first of several)
+    mid_wait_s: float = 1.2            # ... when the evidence is mixed
     max_wait_s: float = 2.5            # ... when the turn reads unfinished
     # Statements in a long turn are likely a monologue: the wait grows with the
     # speech so far (s of wait per s of speech), up to monologue_max_wait_s.
-    monologue_wait_per_s: float = 0.1
-    monologue_max_wait_s: float = 1.6
+    monologue_wait_per_s: float = 0.08
+    monologue_max_wait_s: float = 1.8
     complete_p: float = 0.6            # fused completion probability for the short wait
     incomplete_p: float = 0.3          # below this, the long wait
     smart_turn_weight: float = 0.35    # Smart Turn vs text cues in the fused probability
@@ -127,7 +127,7 @@ class TurnController:
         if p <= cfg.incomplete_p:
             return cfg.max_wait_s
         complete = p >= cfg.complete_p
-        if complete and is_question(text):
+        if complete and is_request(text):
             return cfg.endpoint_silence_s
         base = cfg.statement_wait_s if complete else cfg.mid_wait_s
         monologue = min(cfg.monologue_max_wait_s, cfg.statement_wait_s + cfg.monologue_wait_per_s * self._turn_speech_s)
@@ -183,9 +183,14 @@ class TurnController:
         return self.on_tick(t)
 
     def on_tick(self, t: float) -> list[Action]:
-        if self.state != State.USER_PAUSED or not self._evidence_ready():
+        if self.state != State.USER_PAUSED or self.speech_end is None:
             return []
-        assert self.speech_end is not None
+        if not self._evidence_ready():
+            # The transcript is late (a long decode): an acknowledgement needs none,
+            # only a long turn and a pause; the turn end waits for the words.
+            if self.barge_in is None and self._backchannel_due(t, t - self.speech_end, self.config.max_wait_s):
+                return self._backchannel(t)
+            return []
         silence = t - self.speech_end
         text = self.transcript
         if self.barge_in is not None:
@@ -207,10 +212,13 @@ class TurnController:
             self.speculating = text
             actions.append(Action("speculate", text=text, data={"t": t, "speech_end": self.speech_end}))
         elif self._backchannel_due(t, silence, wait):
-            self._last_backchannel = t
-            self._backchannel_done_for = self.speech_end
-            actions.append(Action("backchannel", data={"t": t}))
+            actions += self._backchannel(t)
         return actions
+
+    def _backchannel(self, t: float) -> list[Action]:
+        self._last_backchannel = t
+        self._backchannel_done_for = self.speech_end
+        return [Action("backchannel", data={"t": t})]
 
     def _backchannel_due(self, t: float, silence: float, wait: float) -> bool:
         cfg = self.config

@@ -158,6 +158,11 @@ class TurnProcessor(FrameProcessor):
                              audio_end=round(frame.audio_end, 4), seconds=round(frame.seconds, 4))
             await self._apply(c.on_turn_probability(self.now, frame.probability, frame.audio_end))
             return
+        if isinstance(frame, TranscriptFrame) and frame.error:
+            # The recogniser failed on this turn: say so (the session never goes silent), listen again.
+            self.events.emit("error", turn=c.turn, error=frame.error)
+            self.conversation.current_turn = c.turn
+            await self.push_frame(TTSSpeakFrame(self._apology))
         if isinstance(frame, TranscriptFrame):
             self.events.emit("asr_text", turn=c.turn, text=frame.text, revision=frame.revision,
                              audio_end=round(frame.audio_end, 4), asr_time=round(frame.asr_seconds, 4))
