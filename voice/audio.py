@@ -57,7 +57,10 @@ def read_wav(path: str | Path, rate: int = PIPELINE_RATE) -> np.ndarray:
     mono = data.mean(axis=1)
     if not np.all(np.isfinite(mono)):
         raise AudioError(f"audio file {p} contains NaN or infinite samples")
-    return resample(mono, sr, rate).astype(np.float32)
+    out = resample(mono, sr, rate).astype(np.float32)
+    if len(out) == 0:  # a sample or two at a higher rate resamples to nothing
+        raise AudioError(f"audio file {p} is too short ({data.shape[0]} samples at {sr} Hz)")
+    return out
 
 
 def write_wav(path: str | Path, audio: np.ndarray, rate: int) -> None:
