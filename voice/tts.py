@@ -30,7 +30,7 @@ class ClauseChunker(FrameProcessor):
     short clause instead of a whole sentence.
     """
 
-    def __init__(self, min_clause_words: int = 4, first_chunk_words: int = 5, **kwargs):
+    def __init__(self, min_clause_words: int = 4, first_chunk_words: int = 6, **kwargs):
         super().__init__(**kwargs)
         self._min_words = min_clause_words
         # The first piece of a reply decides the latency: cut it at any punctuation
