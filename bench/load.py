@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.latency import QUESTIONS, VOICES  # one question bank for every benchmark
+
 RATE = 16000
 LEAD_S = 0.5
 GAP_S = 6.0  # silence after each question: room for the reply
@@ -62,22 +64,6 @@ TARGET_RSS_MB = 60.0
 BREAK_P90_S = 2.0
 
 # Three questions per conversation; session i takes rows i, i+1, i+2 (mod len).
-QUESTIONS = [
-    "What is the capital of France?",
-    "Can you recommend a good book for the weekend?",
-    "How far away is the moon?",
-    "What should I cook for dinner tonight?",
-    "Why is the sky blue?",
-    "How do I make a cup of green tea?",
-    "What is a good name for a black cat?",
-    "Tell me something interesting about elephants.",
-    "How many days are there in a leap year?",
-    "What's the best way to learn a new language?",
-    "Is it going to be cold in Chicago in January?",
-    "Could you suggest a fun game for a rainy afternoon?",
-    "What does a bee do all day?",
-]
-VOICES = ["en-us+m3", "en-us+f3", "en-gb", "en+f2", "en-us+m7", "en+f4", "en-us", "en-gb-x-rp"]
 
 
 # ------------------------------------------------------------------ synthetic speech
