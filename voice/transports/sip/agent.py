@@ -345,7 +345,10 @@ class SIPCall:
     def _pj_disconnect_port(self) -> None:
         port, self._port = self._port, None
         if port is not None:
-            self.agent._graveyard.append(port)  # released on the pjsip thread, next loop turn
+            # Released on the pjsip thread a second later: the conference bridge's media
+            # thread can still be in this port's callbacks right after the disconnect, and
+            # freeing it then crashed the process (seen once in a full test run).
+            self.agent._graveyard.append((time.monotonic() + 1.0, port))
 
     def _pj_on_dtmf(self, digit: str) -> None:
         # media thread: record and hand off; pjsua2 work goes through the queue
@@ -531,7 +534,8 @@ class SIPAgent:
                 self._pj_run_commands()
                 self._pj_run_timers()
                 if self._graveyard:
-                    self._graveyard.clear()
+                    now = time.monotonic()
+                    self._graveyard[:] = [(due, port) for due, port in self._graveyard if due > now]
             except Exception:  # noqa: BLE001 - keep the SIP thread alive
                 logger.exception("sip: error in the pjsip loop")
             if self._stopping.is_set():
