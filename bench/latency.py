@@ -40,11 +40,33 @@ QUESTIONS = [
 VOICES = ["en-us+m3", "en-us+f3", "en-gb", "en+f2", "en-us+m7", "en+f4", "en-us", "en-gb-x-rp"]
 
 
-def speech_spans(audio: np.ndarray, rate: int = 16000, thresh: float = 0.01, hop: int = 160):
-    n = len(audio) // hop
-    loud = np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1)) > thresh
-    idx = np.flatnonzero(loud)
-    return (idx[0] * hop / rate, (idx[-1] + 1) * hop / rate) if len(idx) else None
+THRESH = 0.01  # RMS over 10 ms that counts as sound
+
+
+def sound_span(audio: np.ndarray, start_s: float = 0.0, rate: int = 16000,
+               hop: int = 160) -> tuple[float, float] | None:
+    """First and last 10 ms window at or after ``start_s`` whose RMS is above THRESH (s)."""
+    a = audio[int(start_s * rate):]
+    n = len(a) // hop
+    if n == 0:
+        return None
+    loud = np.flatnonzero(np.sqrt(np.mean(a[: n * hop].reshape(n, hop) ** 2, axis=1)) > THRESH)
+    if not len(loud):
+        return None
+    return start_s + loud[0] * hop / rate, start_s + (loud[-1] + 1) * hop / rate
+
+
+def espeak_trimmed(text: str, voice: str, speed: int, rate: int = 16000) -> np.ndarray:
+    """espeak-ng speech of ``text`` at ``rate``, leading and trailing silence cut."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "q.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
+                       check=True, capture_output=True)
+        speech = read_wav(raw, rate)
+    span = sound_span(speech, rate=rate)
+    if span is None:
+        raise RuntimeError(f"espeak-ng produced silence for {text!r}")
+    return speech[int(span[0] * rate):int(span[1] * rate)]
 
 
 def synth(text: str, voice: str, speed: int, path: Path) -> Path:
@@ -74,10 +96,10 @@ async def run(n: int, out_dir: Path) -> dict:
         voice = VOICES[i % len(VOICES)]
         wav = synth(q, voice, int(rng.integers(145, 185)), out_dir / f"q{i:02d}.wav")
         result = await talk_file(wav, out_dir / f"a{i:02d}.wav", out_dir / f"e{i:02d}.jsonl", settings, runtime=runtime)
-        user = speech_spans(read_wav(wav))
+        user = sound_span(read_wav(wav))
         agent_audio = read_wav(out_dir / f"a{i:02d}.wav")
         after = agent_audio[int(user[1] * 16000):]
-        agent = speech_spans(after)
+        agent = sound_span(after)
         m = (result.turn_metrics() or [{}])[0]
         row = {"question": q, "voice": voice, "v2v": None if agent is None else round(agent[0], 3),
                **{k: m.get(k) for k in ("endpoint_delay", "asr_time", "llm_ttft", "tts_first_audio", "voice_to_voice")}}

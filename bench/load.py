@@ -43,20 +43,18 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.latency import QUESTIONS, VOICES  # one question bank for every benchmark
+from bench.latency import QUESTIONS, THRESH, VOICES, espeak_trimmed, sound_span
 
 RATE = 16000
 LEAD_S = 0.5
 GAP_S = 6.0  # silence after each question: room for the reply
 TAIL_S = 7.0
-THRESH = 0.01
 LATE_INPUT_S = 0.10
 LATE_OUTPUT_S = 0.06
 TARGET_P90_S = 1.2
@@ -69,18 +67,9 @@ BREAK_P90_S = 2.0
 # ------------------------------------------------------------------ synthetic speech
 
 
-def sound_span(audio: np.ndarray, hop: int = 160) -> tuple[float, float] | None:
-    n = len(audio) // hop
-    if n == 0:
-        return None
-    loud = np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1)) > THRESH
-    idx = np.flatnonzero(loud)
-    return (idx[0] * hop / RATE, (idx[-1] + 1) * hop / RATE) if len(idx) else None
-
-
 def make_conversation(i: int, path: Path, turns: int = 3) -> list[tuple[float, float]]:
     """Write session i's input WAV; return the (start, end) of each question in it."""
-    from voice.audio import read_wav, write_wav
+    from voice.audio import write_wav
 
     voice = VOICES[i % len(VOICES)]
     speed = 150 + (i * 7) % 30
@@ -89,15 +78,7 @@ def make_conversation(i: int, path: Path, turns: int = 3) -> list[tuple[float, f
     t = LEAD_S
     for k in range(turns):
         text = QUESTIONS[(i * turns + k) % len(QUESTIONS)]
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "q.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
-                           check=True, capture_output=True)
-            speech = read_wav(raw, RATE)
-        span = sound_span(speech)
-        if span is None:
-            raise RuntimeError(f"espeak-ng produced silence for {text!r}")
-        speech = speech[int(span[0] * RATE):int(span[1] * RATE)]
+        speech = espeak_trimmed(text, voice, speed, RATE)
         spans.append((round(t, 3), round(t + len(speech) / RATE, 3)))
         parts += [speech, np.zeros(int((GAP_S if k < turns - 1 else TAIL_S) * RATE), np.float32)]
         t += len(speech) / RATE + (GAP_S if k < turns - 1 else TAIL_S)

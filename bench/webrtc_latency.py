@@ -23,58 +23,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from voice.audio import read_wav, write_wav
 
-try:  # the same questions and voices as bench/latency.py, when it is there
-    from bench.latency import QUESTIONS, VOICES
-except Exception:  # pragma: no cover
-    QUESTIONS = ["What is the capital of France?", "How far away is the moon?", "Why is the sky blue?",
-                 "What should I cook for dinner tonight?", "How many days are there in a leap year?",
-                 "What does a bee do all day?", "Tell me something interesting about elephants.",
-                 "How do I make a cup of green tea?"]
-    VOICES = ["en-us+m3", "en-us+f3", "en-gb", "en+f2"]
+from bench.latency import QUESTIONS, VOICES, espeak_trimmed, sound_span
 
 RATE = 16000
 LEAD_S = 0.5
 TAIL_S = 7.0
-THRESH = 0.01  # RMS over 10 ms that counts as sound
 
 
 def synth_question(text: str, voice: str, speed: int, path: Path) -> tuple[Path, float]:
     """input.wav = 0.5 s silence + the question (trimmed) + 7 s silence; returns (path, end of speech in s)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
-                       check=True, capture_output=True)
-        speech = read_wav(raw, RATE)
-    span = sound_span(speech)
-    if span is None:
-        raise RuntimeError(f"espeak-ng produced silence for {text!r}")
-    speech = speech[int(span[0] * RATE):int(span[1] * RATE)]
+    speech = espeak_trimmed(text, voice, speed, RATE)
     speech = speech * (0.7 / max(float(np.abs(speech).max()), 1e-6))
     audio = np.concatenate([np.zeros(int(LEAD_S * RATE), np.float32), speech.astype(np.float32),
                             np.zeros(int(TAIL_S * RATE), np.float32)])
     write_wav(path, audio, RATE)
     return path, LEAD_S + len(speech) / RATE
-
-
-def sound_span(audio: np.ndarray, start_s: float = 0.0, hop: int = RATE // 100) -> tuple[float, float] | None:
-    """First and last 10 ms window at or after ``start_s`` whose RMS is above THRESH."""
-    a = audio[int(start_s * RATE):]
-    n = len(a) // hop
-    if n == 0:
-        return None
-    loud = np.flatnonzero(np.sqrt(np.mean(a[: n * hop].reshape(n, hop) ** 2, axis=1)) > THRESH)
-    if not len(loud):
-        return None
-    return start_s + loud[0] * hop / RATE, start_s + (loud[-1] + 1) * hop / RATE
 
 
 def stats(values: list[float]) -> str:

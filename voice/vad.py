@@ -12,7 +12,7 @@ from importlib import resources
 import numpy as np
 import webrtcvad
 from pipecat.audio.vad.silero import SileroOnnxModel
-from pipecat.frames.frames import Frame, InputAudioRawFrame, StartFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice.audio import PIPELINE_RATE, resample_pcm16
@@ -62,15 +62,11 @@ class SpeechDetector:
         self.speaking = False
         self._run_start: float | None = None  # first speech frame of a candidate start
         self._last_speech_end = 0.0
-        self.level_dbfs = -120.0
         self._echo = None
 
     @property
     def now(self) -> float:
         return self.samples / PIPELINE_RATE
-
-    def probability(self) -> float:
-        return self._prob
 
     def process(self, pcm: bytes, echo=None) -> list[tuple[str, float]]:
         """Feed 16 kHz int16 mono (any multiple of 10 ms); return [("start", onset) | ("stop", end)].
@@ -91,8 +87,6 @@ class SpeechDetector:
         self.samples += len(chunk)
         t1 = self.now
         audio = chunk.astype(np.float32) / 32768.0
-        rms = float(np.sqrt(np.mean(audio * audio))) if len(audio) else 0.0
-        self.level_dbfs = 20 * np.log10(max(rms, 1e-6))
         gate = self._webrtc.is_speech(chunk.tobytes(), PIPELINE_RATE)
         self._pending = np.concatenate([self._pending, audio])
         while len(self._pending) >= SILERO_WINDOW:

@@ -95,7 +95,6 @@ class TurnController:
         self._transcript_end = -1.0
         self._transcript_revision = -1
         self._smart_p: float | None = None
-        self._smart_end = -1.0
         self.speculating: str | None = None  # text of the held, not yet confirmed reply
         self._turn_speech_s = 0.0            # speech so far in this user turn
         self._segment_start: float | None = None
@@ -179,7 +178,6 @@ class TurnController:
     def on_turn_probability(self, t: float, probability: float, audio_end: float) -> list[Action]:
         if self.speech_end is not None and audio_end >= self.speech_end:
             self._smart_p = probability
-            self._smart_end = audio_end
         return self.on_tick(t)
 
     def on_tick(self, t: float) -> list[Action]:
