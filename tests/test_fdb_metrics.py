@@ -186,20 +186,40 @@ def _seg(kind, s, e):
 
 
 def test_backchannel_reference_loop_and_strict_reading():
-    # bc, turn, bc, bc: the turn resets the kept backchannels and the last verdict wins
+    # bc, turn, bc, bc: the last verdict wins (TOR 0), and every segment of <= 3 s counts,
+    # the 2 s turn included: 4 segments / 20 s
     labelled = [_seg("backchannel", 1, 1.5), _seg("turn", 4, 6), _seg("backchannel", 8, 8.5),
                 _seg("backchannel", 12, 12.4)]
     r = metrics.backchannel_sample(labelled, 20.0)
-    assert r["tor"] == 0 and r["backchannels"] == [(8, 8.5), (12, 12.4)]
-    assert r["frequency"] == pytest.approx(2 / 20)
+    assert r["tor"] == 0 and r["backchannels"] == [(1, 1.5), (4, 6), (8, 8.5), (12, 12.4)]
+    assert r["frequency"] == pytest.approx(4 / 20)
     assert r["tor_strict"] == 1 and len(r["backchannels_strict"]) == 3
     assert r["frequency_strict"] == pytest.approx(3 / 20)
+
+
+def test_turn_segment_last_is_a_take_over_but_still_counted():
+    # bc then a 1.5 s turn: TOR is the last verdict (1); both segments count: 2 / 10 s
+    r = metrics.backchannel_sample([_seg("backchannel", 1, 1.5), _seg("turn", 5, 6.5)], 10.0)
+    assert r["tor"] == 1 and r["backchannels"] == [(1, 1.5), (5, 6.5)]
+    assert r["frequency"] == pytest.approx(0.2)
+    # JSD uses the same segments: bins 5..7 (1.0-1.5 s) and 25..32 (5.0-6.5 s) of int(10 / 0.2) + 1 = 51
+    raw = np.zeros(51)
+    raw[5:8] = 1
+    raw[25:33] = 1
+    np.testing.assert_allclose(metrics.backchannel_histogram(r["backchannels"], 10.0),
+                               (raw + 1e-10) / (raw + 1e-10).sum())
 
 
 def test_long_segment_is_a_take_over_and_ends_the_scan():
     labelled = [_seg("backchannel", 1, 1.5), _seg("long", 3, 7), _seg("backchannel", 9, 9.5)]
     r = metrics.backchannel_sample(labelled, 10.0)
     assert r["tor"] == 1 and r["backchannels"] == [(1, 1.5)]
+    # a turn before the long segment counts too; nothing after it does: 2 / 10 s
+    labelled = [_seg("turn", 0.5, 2.0), _seg("backchannel", 2.5, 2.8), _seg("long", 3, 7),
+                _seg("turn", 8, 9.5)]
+    r = metrics.backchannel_sample(labelled, 10.0)
+    assert r["tor"] == 1 and r["backchannels"] == [(0.5, 2.0), (2.5, 2.8)]
+    assert r["frequency"] == pytest.approx(0.2)
 
 
 def test_silent_output_has_no_backchannel():

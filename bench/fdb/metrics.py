@@ -10,6 +10,8 @@ Relevance: an LLM judge rates the reply to an interruption 0-5 (``judge_relevanc
 Backchannel: Silero VAD segments of output.wav (``vad_segments``), each classified
   by its duration and the words whose timestamps fall on it (``classify_segments``);
   see ``backchannel_sample`` for the per-sample rule and ``backchannel_jsd`` for JSD.
+  JSD is 1 for a sample with no counted segment and None (not measured) without
+  the human distribution; task numbers are plain means over the scored samples.
 """
 
 from __future__ import annotations
@@ -201,10 +203,13 @@ def classify_segments(segments: list[tuple[float, float]],
 def backchannel_sample(labelled: list[dict[str, Any]], duration_s: float) -> dict[str, Any]:
     """Per-sample backchannel TOR and backchannels from classified segments.
 
-    ``tor`` / ``backchannels`` follow the v1.0 reference loop over segments in
-    time order: a long segment sets TOR 1 and ends the scan; every other segment
-    overwrites TOR with its own verdict (backchannel -> 0, else 1), and a
-    non-backchannel segment discards the backchannels seen before it.
+    ``tor`` / ``backchannels`` follow the reference's eval_backchannel.py (the
+    v1_v1.5 script) over segments in time order: a long segment sets TOR 1 and
+    ends the scan; every other segment overwrites TOR with its own verdict
+    (backchannel -> 0, else 1) and is counted in ``backchannels`` whatever its
+    verdict, so a 1-3 s reply before the first long one still counts toward
+    frequency and JSD. (The older v1.0-era script instead dropped the segments
+    seen so far at each non-backchannel one; TOR is the same under both.)
     ``tor_strict`` / ``backchannels_strict`` read fdb.md's wording literally:
     TOR 1 if any segment is not a backchannel, and every short segment counts.
     Frequency = backchannels / output duration (s).
@@ -214,12 +219,8 @@ def backchannel_sample(labelled: list[dict[str, Any]], duration_s: float) -> dic
         if seg["kind"] == "long":
             tor = 1
             break
-        if seg["kind"] == "backchannel":
-            tor = 0
-            kept.append((seg["start"], seg["end"]))
-        else:
-            tor = 1
-            kept = []
+        tor = 0 if seg["kind"] == "backchannel" else 1
+        kept.append((seg["start"], seg["end"]))
     strict = [(s["start"], s["end"]) for s in labelled if s["kind"] == "backchannel"]
     tor_strict = int(any(s["kind"] != "backchannel" for s in labelled))
     dur = max(float(duration_s), 1e-9)

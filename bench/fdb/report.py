@@ -246,7 +246,8 @@ def write_report(out_dir: str | Path, result: dict[str, Any] | None = None) -> P
                      + [_cell(s, k) for k in ("tor", "latency", "relevance", "frequency", "jsd", "tor_strict")])
     md.append(_md_table(["set", "task", "n", "failed", "TOR", "latency s", "relevance", "bc freq", "JSD",
                          "bc TOR (strict)"], srows))
-    md += ["", "Backchannel TOR/frequency follow the v1.0 reference loop; the strict column reads fdb.md's "
+    md += ["", "Backchannel TOR/frequency/JSD follow the reference's eval_backchannel.py (every VAD segment "
+           "of at most 3 s before the first longer one counts); the strict column reads fdb.md's "
            "wording literally (TOR 1 if any VAD segment is not a backchannel).", ""]
 
     plots = []
