@@ -14,6 +14,7 @@ import re
 import threading
 from collections.abc import Iterator
 
+from models.cpu import SpeechFirst
 from models.weights import EMBEDDED, WeightsNotFound, embedded_gemma_gguf, local_file
 
 USER, AGENT = "User", "Joe"
@@ -51,7 +52,8 @@ def build_prompt(system_prompt: str, history: list[dict]) -> str:
 class LocalLLM:
     """A GGUF model in-process. One generation at a time per loaded model."""
 
-    def __init__(self, model_path: str = EMBEDDED, *, threads: int = 2, context_tokens: int = 2048):
+    def __init__(self, model_path: str = EMBEDDED, *, threads: int = 2, context_tokens: int = 2048,
+                 speech_first: SpeechFirst | None = None):
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -61,6 +63,8 @@ class LocalLLM:
                          n_batch=256, verbose=False)
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        # Shared with the TTS of this process: generation pauses while speech is synthesised.
+        self.speech_first = speech_first or SpeechFirst()
         # Free the model before interpreter teardown: llama-cpp-python's own
         # finaliser runs too late and prints a TypeError on exit.
         atexit.register(self.llm.close)
@@ -80,11 +84,15 @@ class LocalLLM:
             self._cancel.clear()
             text = ""
             sentences = 0
-            for chunk in self.llm.create_completion(
+            chunks = self.llm.create_completion(
                 prompt, max_tokens=max_tokens, temperature=temperature, top_p=0.9,
                 repeat_penalty=1.1, stop=STOP, stream=True,
-            ):
-                if self._cancel.is_set():
+            )
+            while True:
+                if text:  # the first token is never held back: the synthesis waits for it
+                    self.speech_first.wait_turn()
+                chunk = next(chunks, None)
+                if chunk is None or self._cancel.is_set():
                     return
                 piece = chunk["choices"][0]["text"]
                 if not piece:
@@ -98,6 +106,6 @@ class LocalLLM:
                     return
 
 
-def load_local_llm(llm_settings) -> LocalLLM:
+def load_local_llm(llm_settings, speech_first: SpeechFirst | None = None) -> LocalLLM:
     return LocalLLM(llm_settings.model_path, threads=llm_settings.threads,
-                    context_tokens=llm_settings.context_tokens)
+                    context_tokens=llm_settings.context_tokens, speech_first=speech_first)

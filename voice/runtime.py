@@ -50,7 +50,7 @@ class Runtime:
         synth = PiperSynth(settings.tts.voice, settings.tts.speaker_id, settings.tts.length_scale)
         local_llm = None
         if settings.llm.backend == "llama-cpp" and settings.pipeline == "cascaded":
-            local_llm = load_local_llm(settings.llm)
+            local_llm = load_local_llm(settings.llm, speech_first=synth.speech_first)
             local_llm.warm_up(settings.llm.system_prompt)
         smart_turn = SmartTurn()
         backchannels = synthesize_backchannels(synth)

@@ -1,0 +1,41 @@
+"""Speech first: on a few cores, the synthesis a listener waits for outranks the LLM.
+
+The LLM produces text far faster than it is spoken (tens of tokens per second
+against about three words per second), yet it runs on the same cores as Piper.
+While it races ahead, the synthesis of the piece the listener is waiting for
+takes twice as long. So the LLM pauses between tokens while any synthesis is
+running; it never pauses longer than ``max_wait_s`` at a time, so a stuck
+synthesis cannot starve it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class SpeechFirst:
+    def __init__(self, max_wait_s: float = 0.5):
+        self.max_wait_s = max_wait_s
+        self._busy = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def speaking(self) -> Iterator[None]:
+        """Hold around one synthesis step."""
+        with self._cond:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._cond.notify_all()
+
+    def wait_turn(self) -> None:
+        """Called by the LLM between tokens: wait (bounded) while speech is being synthesised."""
+        with self._cond:
+            if self._busy:
+                self._cond.wait_for(lambda: self._busy == 0, timeout=self.max_wait_s)
