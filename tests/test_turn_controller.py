@@ -140,3 +140,16 @@ def test_noise_alone_is_not_a_turn():
 def test_speculation_off_for_engines_that_cannot_discard():
     d = Driver(speculate=False).speak(1.5).advance(0.2).transcript("What is two plus two?", smart_p=0.9).advance(1.0)
     assert d.kinds() == ["commit"]
+
+
+def test_smart_turn_is_only_needed_when_the_text_leaves_the_turn_end_open():
+    c = TurnController(TurnConfig())
+    assert not c.smart_turn_matters("What is the capital of France?")  # complete whatever it says
+    assert not c.smart_turn_matters("I went to the store and")         # unfinished whatever it says
+    assert c.smart_turn_matters("We drove up to the lake.")
+    assert c.smart_turn_matters("what is the best way to learn a language")
+    # The skip is exact: for the texts it skips, every Smart Turn probability gives the same wait.
+    for text in ("What is the capital of France?", "I went to the store and", "um"):
+        assert not c.smart_turn_matters(text)
+        waits = {c.required_wait(text, p) for p in (0.0, 0.3, 0.6, 1.0, None)}
+        assert len(waits) == 1, (text, waits)

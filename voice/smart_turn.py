@@ -1,4 +1,4 @@
-"""Runs Smart Turn on the user's speech at every pause (beside the ASR, in its own thread)."""
+"""Runs Smart Turn on the user's speech at every pause whose transcript leaves the turn end open."""
 
 from __future__ import annotations
 
@@ -10,17 +10,21 @@ from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice.audio import PIPELINE_RATE
-from voice.frames import SpeechStoppedFrame, TurnProbabilityFrame
+from voice.frames import SpeechStartedFrame, SpeechStoppedFrame, TranscriptFrame, TurnProbabilityFrame
 
 WINDOW_S = 8.0   # what the model looks at
 TAIL_S = 0.1     # the model was trained on clips that end at the speech end, not in silence
 
 
 class SmartTurnProcessor(FrameProcessor):
-    def __init__(self, model, *, executor=None, **kwargs):
+    def __init__(self, model, *, executor=None, needed=None, **kwargs):
         super().__init__(**kwargs)
         self._model = model
         self._executor = executor
+        # needed(text) -> bool: does the controller need the model for this transcript?
+        # Without it, the model runs at every pause as soon as the speech stops.
+        self._needed = needed
+        self._pause_end: float | None = None  # the pause still waiting for its transcript
         self._ring = np.zeros(int((WINDOW_S + 1.0) * PIPELINE_RATE), dtype=np.int16)
         self._samples = 0  # input clock
 
@@ -60,5 +64,16 @@ class SmartTurnProcessor(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame) and frame.audio:
             self._append(frame.audio)
         elif isinstance(frame, SpeechStoppedFrame):
-            self.create_task(self._predict(frame.end), name="smart-turn")
+            if self._needed is None:
+                self.create_task(self._predict(frame.end), name="smart-turn")
+            else:
+                self._pause_end = frame.end
+        elif isinstance(frame, SpeechStartedFrame):
+            self._pause_end = None
+        elif (isinstance(frame, TranscriptFrame) and self._pause_end is not None
+              and frame.audio_end >= self._pause_end):
+            # The analysis executor runs the ASR first anyway: waiting for its text costs nothing.
+            end, self._pause_end = self._pause_end, None
+            if frame.error or self._needed(frame.text):
+                self.create_task(self._predict(end), name="smart-turn")
         await self.push_frame(frame, direction)

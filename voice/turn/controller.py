@@ -119,6 +119,18 @@ class TurnController:
         w = self.config.smart_turn_weight
         return w * smart_p + (1 - w) * c
 
+    def smart_turn_matters(self, text: str) -> bool:
+        """Could Smart Turn's probability change the decision on this transcript?
+
+        Not when the text alone settles it (a trailing "and", or a clear question
+        whose fused probability is complete whatever Smart Turn says); then the
+        model is not run, and its CPU goes to the reply instead.
+        """
+        c = completeness(text)
+        if c <= 0.2:
+            return False
+        return (1 - self.config.smart_turn_weight) * c < self.config.complete_p
+
     def required_wait(self, text: str, smart_p: float | None = None) -> float:
         """Silence needed before the turn counts as ended."""
         cfg = self.config
