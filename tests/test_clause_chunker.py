@@ -51,3 +51,16 @@ def test_long_first_clause_is_cut_at_a_word_boundary():
 
 def test_text_without_punctuation_is_flushed_at_the_end():
     assert _chunks(_tok("ok")) == ["ok"]
+
+
+def test_first_piece_ends_before_a_number():
+    # Digits stream one token each and are spoken as many words: the first piece stops before them.
+    tokens = ["A", " year", " is", " ", "3", "6", "5", ".", "2", "4", " days", ",", " or", " so", "."]
+    pieces = _chunks(tokens)
+    assert pieces[0] == "A year is"
+    assert "".join(pieces).replace(" ", "") == "Ayearis365.24days,orso."
+
+
+def test_a_number_early_in_the_reply_stays_in_the_first_piece():
+    pieces = _chunks(_tok("It is 5 o'clock in the evening, so dinner is soon."))
+    assert pieces[0].split()[:3] == ["It", "is", "5"]

@@ -20,6 +20,8 @@ from models.tts import PiperSynth
 
 _CLAUSE_END = re.compile(r"([.!?]+[\"')\]]*\s)|([,;:]\s)")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s")
+_NUMBER_START = set("0123456789$£€")
+_MIN_BEFORE_NUMBER = 3  # "It is 5 o'clock." stays whole; "A year is | 365 days" is cut
 
 
 class ClauseChunker(FrameProcessor):
@@ -38,6 +40,22 @@ class ClauseChunker(FrameProcessor):
         self._first_words = first_chunk_words
         self._first = True
         self._buf = ""
+
+    def _first_cut(self) -> int | None:
+        """Where to end the first piece when no punctuation came early enough.
+
+        After ``first_chunk_words`` words; or earlier, before a number: digits
+        stream in one token each and are spoken as many words ("365.24" is
+        eight), so a piece that runs into one would be slow twice over.
+        """
+        words = list(re.finditer(r"\S+", self._buf))
+        for i, w in enumerate(words):
+            if i >= _MIN_BEFORE_NUMBER and w.group()[0] in _NUMBER_START:
+                return w.start()
+        complete = list(re.finditer(r"\S+\s", self._buf))
+        if len(complete) >= self._first_words:
+            return complete[self._first_words - 1].end()
+        return None
 
     async def _flush(self) -> None:
         text = self._buf.strip()
@@ -58,9 +76,7 @@ class ClauseChunker(FrameProcessor):
                         cut = m.end()
                         break
                 if cut is None and self._first:
-                    words = list(re.finditer(r"\S+\s", self._buf))
-                    if len(words) >= self._first_words:
-                        cut = words[self._first_words - 1].end()
+                    cut = self._first_cut()
                 if cut is None:
                     break
                 piece, self._buf = self._buf[:cut], self._buf[cut:]
