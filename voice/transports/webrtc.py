@@ -32,6 +32,7 @@ from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import InputAudioRawFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCInputTransport, SmallWebRTCTransport
@@ -42,9 +43,11 @@ from voice.events import EventLog, SessionClock
 OUTPUT_RATE = 48000  # Opus' native rate: aiortc's encoder does no further resampling
 FRAME_BYTES = PIPELINE_RATE * FRAME_MS // 1000 * 2
 
-# Frames aiortc's audio receiver holds before decoding. Its default (4) adds
-# about 80-100 ms to every word the user says; 2 still reorders a late packet.
-AUDIO_JITTER_PREFETCH = 2
+# Packets the agent's audio receiver holds back before decoding. aiortc's
+# default (4) adds 80-100 ms to every word the user says. The agent does not
+# play this audio out, it only listens (VAD, ASR), so a late packet costs no
+# glitch: nothing is held, and reordered packets still wait for the missing one.
+AUDIO_JITTER_PREFETCH = 0
 
 # Peer-liveness limits (seconds).
 CONNECT_TIMEOUT_S = 30.0  # offer answered but ICE/DTLS never completed
@@ -114,16 +117,38 @@ def page_ice_servers(settings) -> list[dict[str, Any]]:
 
 
 def set_audio_jitter_prefetch(pc, prefetch: int = AUDIO_JITTER_PREFETCH) -> None:
-    """Shorten the audio receive buffer of ``pc``'s first (audio) transceiver.
+    """Replace the audio receive buffer of ``pc``'s audio transceivers with a shorter one.
 
     aiortc has no setting for it; pipecat replaces the video receiver's buffer
     the same way (``SmallWebRTCTrack``). Call before media flows.
     """
-    from aiortc.jitterbuffer import JitterBuffer
-
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "audio" and transceiver.receiver is not None:
-            transceiver.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=prefetch)
+            transceiver.receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer(hold=prefetch)
+
+
+class AudioJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, releasing an audio packet once ``hold`` later ones are in.
+
+    aiortc's own buffer can only tell a frame is complete when the next packet
+    arrives, which suits video; an audio packet is a whole Opus frame, so with
+    ``hold=0`` it is decoded the moment it arrives in order. A reordered packet
+    still waits for the missing one. ``hold=n`` (n >= 1) equals aiortc's prefetch n.
+    """
+
+    def __init__(self, hold: int = 0, capacity: int = 16):
+        super().__init__(capacity=capacity)
+        self.hold = hold
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        ready = 0
+        while ready <= self.hold and self._packets[(self._origin + ready) % self._capacity] is not None:
+            ready += 1
+        if ready <= self.hold:
+            return None
+        head = self._packets[self._origin % self._capacity]
+        self.remove(1)
+        return JitterFrame(data=head._data, timestamp=head.timestamp)
 
 
 def transport_params() -> TransportParams:
