@@ -10,8 +10,8 @@ Instruction-tuned GGUF files are prompted the same way, which they handle fine.
 from __future__ import annotations
 
 import atexit
+import queue
 import re
-import threading
 from collections.abc import Iterator
 
 from models.cpu import SpeechFirst
@@ -50,49 +50,69 @@ def build_prompt(system_prompt: str, history: list[dict]) -> str:
 
 
 class LocalLLM:
-    """A GGUF model in-process. One generation at a time per loaded model."""
+    """A GGUF model in-process, as ``instances`` llama.cpp contexts: that many replies generate at once.
+
+    The weights are memory-mapped, so every further context costs only its KV
+    cache and scratch buffers; with one context, a second session's first
+    token would wait for the whole reply of the first.
+    """
 
     def __init__(self, model_path: str = EMBEDDED, *, threads: int = 2, context_tokens: int = 2048,
-                 speech_first: SpeechFirst | None = None):
+                 instances: int = 1, speech_first: SpeechFirst | None = None):
         try:
             from llama_cpp import Llama
         except ImportError:
             raise WeightsNotFound("backend llama-cpp needs: pip install llama-cpp-python") from None
         path = embedded_gemma_gguf() if model_path == EMBEDDED else local_file(model_path, "GGUF model", (".gguf",))
-        self.llm = Llama(model_path=str(path), n_ctx=context_tokens, n_threads=threads,
-                         n_batch=256, verbose=False)
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
+        first = Llama(model_path=str(path), n_ctx=context_tokens, n_threads=threads, n_batch=256, verbose=False)
+        self.contexts = [first] + [_sibling_context(first) for _ in range(max(1, instances) - 1)]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for ctx in self.contexts:
+            self._free.put(ctx)
+            # Free the model before interpreter teardown: llama-cpp-python's own
+            # finaliser runs too late and prints a TypeError on exit.
+            atexit.register(ctx.close)
         # Shared with the TTS of this process: generation pauses while speech is synthesised.
         self.speech_first = speech_first or SpeechFirst()
-        # Free the model before interpreter teardown: llama-cpp-python's own
-        # finaliser runs too late and prints a TypeError on exit.
-        atexit.register(self.llm.close)
 
     def warm_up(self, system_prompt: str) -> None:
-        """Evaluate the fixed prompt prefix once so the first real turn hits the cache."""
-        for _ in self.stream(build_prompt(system_prompt, []), max_tokens=1, temperature=0.0):
-            pass
-
-    def cancel(self) -> None:
-        self._cancel.set()
+        """Evaluate the fixed prompt prefix once per context so every first real turn hits the cache."""
+        taken = [self._free.get() for _ in self.contexts]
+        try:
+            for ctx in taken:
+                for _ in self._generate(ctx, build_prompt(system_prompt, []), max_tokens=1, temperature=0.0,
+                                        max_sentences=1):
+                    pass
+        finally:
+            for ctx in taken:
+                self._free.put(ctx)
 
     def stream(self, prompt: str, *, max_tokens: int, temperature: float,
                max_sentences: int = 2) -> Iterator[str]:
-        """Yield text pieces; stop at end of turn or after ``max_sentences`` sentences."""
-        with self._lock:
-            self._cancel.clear()
-            text = ""
-            sentences = 0
-            chunks = self.llm.create_completion(
-                prompt, max_tokens=max_tokens, temperature=temperature, top_p=0.9,
-                repeat_penalty=1.1, stop=STOP, stream=True,
-            )
+        """Yield text pieces; stop at end of turn or after ``max_sentences`` sentences.
+
+        Waits for a free context; closing the generator early frees it.
+        """
+        ctx = self._free.get()
+        try:
+            yield from self._generate(ctx, prompt, max_tokens=max_tokens, temperature=temperature,
+                                      max_sentences=max_sentences)
+        finally:
+            self._free.put(ctx)
+
+    def _generate(self, ctx, prompt: str, *, max_tokens: int, temperature: float,
+                  max_sentences: int) -> Iterator[str]:
+        text = ""
+        chunks = ctx.create_completion(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=0.9,
+            repeat_penalty=1.1, stop=STOP, stream=True,
+        )
+        try:
             while True:
                 if text:  # the first token is never held back: the synthesis waits for it
                     self.speech_first.wait_turn()
                 chunk = next(chunks, None)
-                if chunk is None or self._cancel.is_set():
+                if chunk is None:
                     return
                 piece = chunk["choices"][0]["text"]
                 if not piece:
@@ -101,11 +121,44 @@ class LocalLLM:
                     piece = piece.lstrip()
                 text += piece
                 yield piece
-                sentences = len(_SENTENCE_END.findall(text))
-                if sentences >= max_sentences:
+                if len(_SENTENCE_END.findall(text)) >= max_sentences:
                     return
+        finally:
+            chunks.close()  # ends llama.cpp's generation before the context is handed to another reply
+
+
+def _sibling_context(llm):
+    """Another llama.cpp context over ``llm``'s loaded model (weights not loaded or mapped twice).
+
+    llama-cpp-python's ``Llama`` pairs one model with one context; llama.cpp
+    itself allows several contexts per model. The copy shares the model, the
+    tokenizer and the settings, and owns a fresh context, batch and token
+    state (the attributes ``Llama.__init__`` creates for them; llama-cpp-python
+    is pinned). Closing it frees only its own context.
+    """
+    import contextlib
+
+    import numpy as np
+    from llama_cpp import _internals
+
+    other = object.__new__(type(llm))  # not copy.copy: Llama's __setstate__ loads the model again
+    other.__dict__.update(llm.__dict__)
+    other._stack = contextlib.ExitStack()
+    other._ctx = other._stack.enter_context(contextlib.closing(
+        _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False)))
+    other._batch = other._stack.enter_context(contextlib.closing(
+        _internals.LlamaBatch(n_tokens=llm.n_batch, embd=0, n_seq_max=llm.context_params.n_ctx, verbose=False)))
+    other._candidates = _internals.LlamaTokenDataArray(n_vocab=llm._n_vocab)
+    other.n_tokens = 0
+    other._requires_eval = True
+    other.input_ids = np.ndarray(llm.input_ids.shape, dtype=np.intc)
+    other.scores = np.ndarray(llm.scores.shape, dtype=np.single)
+    other._sampler = None
+    other.cache = None
+    return other
 
 
 def load_local_llm(llm_settings, speech_first: SpeechFirst | None = None) -> LocalLLM:
     return LocalLLM(llm_settings.model_path, threads=llm_settings.threads,
-                    context_tokens=llm_settings.context_tokens, speech_first=speech_first)
+                    context_tokens=llm_settings.context_tokens, instances=llm_settings.instances,
+                    speech_first=speech_first)

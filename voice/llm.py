@@ -7,6 +7,7 @@ of the pipeline does not know which one runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 from loguru import logger
@@ -61,11 +62,12 @@ class LocalLLMService(LLMService):
 
         def produce() -> None:
             try:
-                for piece in self._llm.stream(prompt, max_tokens=self._max_tokens, temperature=temperature):
-                    if stop.is_set():
-                        self._llm.cancel()
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+                pieces = self._llm.stream(prompt, max_tokens=self._max_tokens, temperature=temperature)
+                with contextlib.closing(pieces):  # closing ends the generation and frees its context
+                    for piece in pieces:
+                        if stop.is_set():
+                            break
+                        loop.call_soon_threadsafe(queue.put_nowait, piece)
             except Exception as e:  # reported to the pipeline below
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:

@@ -68,6 +68,9 @@ class LLMSettings(BaseModel):
     # core to Piper, which synthesises the first clause while the LLM goes on.
     threads: int = Field(1, ge=1)
     context_tokens: int = Field(2048, ge=256)
+    # llama.cpp contexts over the one memory-mapped model: replies that generate at once
+    # (more sessions wait for a free one). Each costs its KV cache, about 60 MB here.
+    instances: int = Field(2, ge=1, le=16)
 
 
 class TTSSettings(BaseModel):

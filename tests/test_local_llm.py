@@ -1,0 +1,50 @@
+"""The embedded GGUF model as several llama.cpp contexts over one loaded model (real Gemma 3 270M)."""
+
+from __future__ import annotations
+
+import threading
+
+from models.llm import LocalLLM, build_prompt
+
+SYSTEM = "You are Joe, a friendly voice assistant."
+
+
+def _reply(llm: LocalLLM, question: str) -> str:
+    prompt = build_prompt(SYSTEM, [{"role": "user", "content": question}])
+    return "".join(llm.stream(prompt, max_tokens=24, temperature=0.0))
+
+
+def test_two_contexts_share_one_model_and_answer_at_once_like_one():
+    single = LocalLLM(threads=1, instances=1)
+    questions = ["How far away is the moon?", "Why is the sky blue?"]
+    expected = {q: _reply(single, q) for q in questions}
+    assert all(expected.values())
+
+    pool = LocalLLM(threads=1, instances=2)
+    first, second = pool.contexts
+    assert second._model is first._model and second._ctx is not first._ctx  # weights loaded once
+    got: dict[str, str] = {}
+    inside = threading.Barrier(2, timeout=60)
+
+    def ask(q: str) -> None:
+        prompt = build_prompt(SYSTEM, [{"role": "user", "content": q}])
+        pieces = pool.stream(prompt, max_tokens=24, temperature=0.0)
+        text = next(pieces)
+        inside.wait()  # both replies are generating at the same time, each in its own context
+        got[q] = text + "".join(pieces)
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert got == expected  # greedy decoding: the same words as one context alone
+
+
+def test_a_reply_closed_early_frees_its_context():
+    pool = LocalLLM(threads=1, instances=1)
+    prompt = build_prompt(SYSTEM, [{"role": "user", "content": "Tell me about elephants."}])
+    pieces = pool.stream(prompt, max_tokens=24, temperature=0.0)
+    next(pieces)
+    pieces.close()  # a barge-in: the generation ends mid-reply
+    assert _reply(pool, "How far away is the moon?")  # the only context is free again
