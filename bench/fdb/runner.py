@@ -88,13 +88,27 @@ def score_sample(sample: Sample, out: Path, transcriber: Any, judge: dict | None
     return row
 
 
+# FDB scores output.wav only over the input's span, so the session ends with the
+# input instead of waiting for the agent to finish a reply nobody will score.
+TAIL_S = 0.0
+
+
 def _talk(fn: TalkFn, sample: Sample, out: Path, settings: Any, loop: asyncio.AbstractEventLoop) -> None:
-    result = fn(sample.input_wav, out / OUTPUT_WAV, out / EVENTS, settings)
+    result = fn(sample.input_wav, out / OUTPUT_WAV, out / EVENTS, settings, max_tail_s=TAIL_S)
     if asyncio.iscoroutine(result):
         loop.run_until_complete(result)
     if not (out / OUTPUT_WAV).is_file():
         raise BenchError(f"the agent wrote no {OUTPUT_WAV} for {sample.path}")
     fit_output_length(out / OUTPUT_WAV, sample.input_wav)
+
+
+def _duration(path: Path) -> float:
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).duration
+    except Exception:  # noqa: BLE001 - an unreadable input is reported per sample already
+        return 0.0
 
 
 def fit_output_length(output_wav: Path, input_wav: Path) -> None:
@@ -187,11 +201,16 @@ def run_suite(data_dir: str | Path, tasks: list[str] | tuple[str, ...], pipeline
             for sample in samples:
                 out = prepare_output(out_root, sample)
                 try:
+                    t0 = time.perf_counter()
                     if talk is not None:
                         _talk(talk, sample, out, settings, loop)
                     elif not (out / OUTPUT_WAV).is_file():
                         raise BenchError(f"--reuse-output: no {OUTPUT_WAV} in {out}")
+                    t1 = time.perf_counter()
                     row = score_sample(sample, out, transcriber, judge, gt)
+                    # Where the harness's time goes: the real-time talk, then the scoring.
+                    row["talk_s"] = round(t1 - t0, 2)
+                    row["score_s"] = round(time.perf_counter() - t1, 2)
                 except ValueError as e:  # BenchError, AudioError, ConfigError: one line, next sample
                     row = {"set": sample.set_name, "task": sample.task, "sample": sample.name, "error": str(e)}
                     console.print(f"[red]{sample.set_name}/{sample.name}: {e}[/red]")
@@ -207,18 +226,23 @@ def run_suite(data_dir: str | Path, tasks: list[str] | tuple[str, ...], pipeline
         s["set"] = ts.name
         s["n_failed"] = sum(1 for r in rows if r["set"] == ts.name and "error" in r)
         summaries.append(s)
+    wall = time.time() - started
+    audio_s = sum(_duration(sample.input_wav) for _, samples in plan for sample in samples)
     result = {
         "benchmark": "Full-Duplex-Bench v1",
         "config": {"data_dir": str(data_dir), "tasks": list(tasks), "pipeline": pipeline, "transport": transport,
                    "reuse_output": reuse_output, "judge": None if judge is None else judge.get("model"),
                    "gt_distribution": gt is not None, "asr": settings.asr.model_dump(mode="json"),
-                   "wall_s": round(time.time() - started, 1)},
+                   "wall_s": round(wall, 1), "audio_s": round(audio_s, 1),
+                   "rtf": round(wall / audio_s, 3) if audio_s else None},
         "summaries": summaries,
         "samples": rows,
     }
     write_json(out_root / "metrics.json", result)
     write_samples_csv(out_root / "samples.csv", rows)
     console.print(_summary_table(summaries))
+    if audio_s:
+        console.print(f"harness wall time {wall:.0f} s for {audio_s:.0f} s of input audio: {wall / audio_s:.2f}x real time")
     if report:
         from bench.fdb.report import write_report
 
