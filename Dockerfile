@@ -40,6 +40,7 @@ COPY voice ./voice
 COPY models ./models
 COPY bench ./bench
 COPY web ./web
+COPY deploy/kamailio ./deploy/kamailio
 # Editable install: the service finds web/ beside voice/ (voice/service.py WEB_DIR).
 RUN pip install -e ".[native,livekit]" \
  && pip install --no-deps moshi==0.2.13 snac==1.2.1 openai-whisper==20250625 \
@@ -47,10 +48,11 @@ RUN pip install -e ".[native,livekit]" \
 
 
 FROM ${PYTHON_IMAGE} AS runtime
-# libgomp: OpenMP for llama.cpp and CTranslate2; espeak-ng: piper's phonemizer data is
+# libgomp: OpenMP for llama.cpp and CTranslate2; kamailio: the SIP front of
+# `voice serve --sip --sip-workers N`; espeak-ng: piper's phonemizer data is
 # bundled, espeak-ng is only for `make bench-*` speech, so it is not installed here.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 ca-certificates \
+ && apt-get install -y --no-install-recommends libgomp1 ca-certificates kamailio \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 voice \
  && useradd --system --uid 10001 --gid voice --create-home --home-dir /home/voice voice \

@@ -8,17 +8,19 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-# Debian packages: espeak-ng/sox make test speech; chromium drives the browser
+# Debian packages: espeak-ng/sox make test speech; kamailio is the SIP front of
+# `voice serve --sip --sip-workers N` (N > 1; the package also enables its own
+# kamailio.service on port 5060, which we do not use); chromium drives the browser
 # test; sip-tester (SIPp) and baresip are the SIP peers; docker-compose validates
 # the deployment file offline.
-APT_RUN := espeak-ng sox
+APT_RUN := espeak-ng sox kamailio
 APT_TEST := $(APT_RUN) libsox-fmt-all chromium chromium-driver sip-tester baresip docker-compose
 
 # moshi pins torch<2.10 and snac/openai-whisper would pull a CUDA torch: they go
 # in without deps; what they really need is in the [native] extra.
 NO_DEPS := moshi==0.2.13 snac==1.2.1 openai-whisper==20250625
 
-.PHONY: run test install system-deps-run system-deps-test bench bench-latency bench-load bench-soak clean
+.PHONY: run test install system-deps-run system-deps-test bench bench-latency bench-load bench-soak bench-sip clean
 
 run: system-deps-run $(STAMP)
 	$(VENV)/bin/voice serve
@@ -67,6 +69,12 @@ bench: system-deps-run $(STAMP)
 # Not in CI: 30 minutes of back-to-back conversations; RSS, fds, tasks, lost turns (out/soak.json).
 bench-soak: system-deps-run $(STAMP)
 	$(PY) -m bench.soak --minutes 30 --webrtc --out out/soak.json
+
+# K simultaneous phone calls (SIPp) through the kamailio front and its agent workers, for each K in
+# SIP_CALLS (answered/held/dropped, spoken answers, v2v on the wire; out/bench-sip/). Needs CAP_NET_RAW.
+SIP_CALLS ?= 10 12
+bench-sip: system-deps-test $(STAMP)
+	@rc=0; for k in $(SIP_CALLS); do $(PY) -m bench.sip_load --calls $$k --out out/bench-sip || rc=1; done; exit $$rc
 
 clean:
 	rm -rf $(VENV) out test-output

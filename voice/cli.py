@@ -64,6 +64,8 @@ def settings_from_args(args: argparse.Namespace):
             data["tts"]["voice"] = args.tts_voice
         if getattr(args, "native_model", None):
             data["native"]["model"] = args.native_model
+        if getattr(args, "sip_workers", None) is not None:
+            data["sip"]["workers"] = args.sip_workers
         data.update(overrides)
         return Settings.model_validate(data)
     except ConfigError as e:
@@ -106,8 +108,19 @@ def cmd_talk(args) -> int:
 def cmd_serve(args) -> int:
     from voice.service import serve
 
+    if args.sip_workers is not None and not args.sip:
+        raise UserError("--sip-workers needs --sip")
     settings = settings_from_args(args)
     _configure_logging(settings.log_level)
+    if args.sip and settings.sip.workers > 1:  # before the models load: one line if kamailio is missing
+        from voice.transports.sip.agent import SIPError
+        from voice.transports.sip.front import find_kamailio, template_path
+
+        try:
+            find_kamailio(settings.sip)
+            template_path(settings.sip)
+        except SIPError as e:
+            raise UserError(str(e)) from None
     serve(settings, sip=args.sip)
     return 0
 
@@ -217,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--sip", action="store_true", help="also answer SIP calls")
+    p.add_argument("--sip-workers", type=int, metavar="N",
+                   help="SIP agent processes behind a kamailio front on the SIP address (sip.workers; "
+                        "default 1 = this process answers SIP itself; each process holds 4 calls)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="LiveKit agent worker: register with a LiveKit server, serve its rooms")

@@ -317,10 +317,14 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
 
     @app.get("/health")
     async def health():
-        return {"status": "draining" if state.draining else "ok", "ready": runtime is not None,
-                "sessions": state.registry.live,
-                "webrtc_sessions": len(state.webrtc), "max_sessions": state.registry.max_sessions,
-                "sessions_started": state.sessions_started}
+        out = {"status": "draining" if state.draining else "ok", "ready": runtime is not None,
+               "sessions": state.registry.live,
+               "webrtc_sessions": len(state.webrtc), "max_sessions": state.registry.max_sessions,
+               "sessions_started": state.sessions_started}
+        sip_status = getattr(state, "sip_status", None)  # set by the SIP front (sip.workers > 1)
+        if callable(sip_status):
+            out["sip"] = sip_status()
+        return out
 
     @app.get("/api/config")
     async def config():

@@ -2,7 +2,8 @@
 
 Public API: :class:`SIPSettings`, :class:`SIPAgent`, :class:`SIPCall`,
 :class:`SIPCallTransport`, :func:`start_sip` (``voice serve --sip``), :func:`serve_sip`,
-:func:`place_call` (``voice call sip:user@host``).
+:func:`place_call` (``voice call sip:user@host``), :class:`SIPFront` (``sip.workers > 1``: kamailio
+in front of N agent processes, see ``front.py``).
 Importing this package does not load PJSIP or pipecat; they load on first use.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 from .config import SIPSettings
 
 __all__ = ["SIPSettings", "SIPAgent", "SIPCall", "SIPError", "SIPCallTransport", "start_sip", "serve_sip",
-           "place_call"]
+           "place_call", "SIPFront"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from . import agent
 
         return getattr(agent, name)
+    if name == "SIPFront":
+        from .front import SIPFront
+
+        return SIPFront
     if name == "SIPCallTransport":
         from .transport import SIPCallTransport
 

@@ -42,7 +42,7 @@ from typing import Any
 from loguru import logger
 
 from .audio_port import AudioBridge, make_port_class
-from .config import SIPSettings
+from .config import FrontLink, SIPSettings
 
 SessionFn = Callable[["SIPCall"], Awaitable[None]]
 
@@ -145,7 +145,9 @@ class SIPCall:
         self.pj_id: int | None = None
         self.remote_uri = ""
         self.local_uri = ""
-        self.source = ""  # ip:port the INVITE came from (inbound)
+        self.source = ""  # ip:port the INVITE came from (inbound); behind the front: "CALLER_IP via FRONT"
+        self.call_id = ""  # the SIP Call-ID (a proxy in front keeps it: the caller's own)
+        self.local_hangup = False  # we ended it (hangup(), stop(), max duration), not the caller
         self.state = "new"  # new, ringing, connected, ended
         self.codec: str | None = None
         self.on_hold = False
@@ -223,6 +225,7 @@ class SIPCall:
     def hangup(self, status_code: int | None = None) -> None:
         """BYE a connected call, CANCEL an outgoing one, reject an unanswered incoming one."""
         if not self.ended:
+            self.local_hangup = True
             self.agent._post(self._pj_hangup, status_code)
 
     def transfer(self, uri: str) -> None:
@@ -239,7 +242,8 @@ class SIPCall:
         a = self.audio
         return {
             "session_id": self.session_id, "direction": self.direction, "state": self.state,
-            "remote_uri": self.remote_uri, "codec": self.codec, "last_status": self.last_status,
+            "remote_uri": self.remote_uri, "call_id": self.call_id, "codec": self.codec,
+            "last_status": self.last_status,
             "frames_pulled": a.frames_pulled, "frames_sent_audio": a.frames_sent_audio,
             "underruns": a.underruns, "frames_received": a.frames_received,
             "dtmf": "".join(self.dtmf_digits),
@@ -376,8 +380,10 @@ class SIPAgent:
                  runtime: Any = None, app_settings: Any = None,
                  on_dtmf: Callable[[SIPCall, str], Any] | None = None,
                  on_call: Callable[[SIPCall], Any] | None = None,
-                 registry: Any = None, app_state: Any = None) -> None:
+                 registry: Any = None, app_state: Any = None, front: FrontLink | None = None) -> None:
         self.settings = settings or SIPSettings()
+        # Set when this agent is one worker behind the kamailio front (sip.workers > 1, see front.py).
+        self.front = front
         # The service's shared session limit (voice.service.SessionRegistry: try_reserve/release,
         # thread-safe); a call that finds it full gets 486 like one beyond max_calls.
         self.registry = registry
@@ -404,7 +410,7 @@ class SIPAgent:
         self._limiter = _RateLimiter(self.settings.invites_per_minute_per_source)
         self._allow_nets = [ipaddress.ip_network(n, strict=False) for n in self.settings.allowlist]
         self._trusted_ips: set[str] = set()
-        self._nonce_key = secrets.token_bytes(32)
+        self._nonce_key = (front.nonce_key if front is not None and front.nonce_key else secrets.token_bytes(32))
         # pjsip-thread-only
         self._ep: Any = None
         self._accounts: list[Any] = []
@@ -654,7 +660,8 @@ class SIPAgent:
         self._local_account.create(acc_cfg, True)
         self._accounts.append(self._local_account)
 
-        if s.registrar_uri:
+        front = self.front
+        if s.registrar_uri and (front is None or front.register):
             reg = pj.AccountConfig()
             reg_host = re.sub(r"^sips?:", "", s.registrar_uri).split(";", 1)[0]
             reg.idUri = f"sip:{s.registrar_user}@{reg_host}"
@@ -664,6 +671,11 @@ class SIPAgent:
             cred = pj.AuthCredInfo("digest", s.registrar_realm, s.registrar_user, 0,
                                    s.registrar_password.get_secret_value() if s.registrar_password else "")
             reg.sipConfig.authCreds.append(cred)
+            if front is not None:
+                # Behind the front the REGISTER goes out through it, and the PBX is told to send
+                # calls to the front (which spreads them over the workers), not to this loopback port.
+                reg.sipConfig.proxies.append(front.proxy_uri)
+                reg.sipConfig.contactForced = f"<{front.contact_uri}>"
             self._media_config(reg)
             self._reg_account = _Account(self)
             self._reg_account.create(reg)
@@ -671,10 +683,13 @@ class SIPAgent:
 
     def _media_config(self, acc_cfg: Any) -> None:
         s = self.settings
-        acc_cfg.mediaConfig.transportConfig.boundAddress = s.host
+        host, public = s.host, s.public_address
+        if self.front is not None:  # SIP on loopback behind the front; RTP where callers can reach it
+            host, public = self.front.media_host, self.front.media_public_address
+        acc_cfg.mediaConfig.transportConfig.boundAddress = host
         acc_cfg.mediaConfig.transportConfig.port = self._rtp_base
-        if s.public_address:
-            acc_cfg.mediaConfig.transportConfig.publicAddress = s.public_address
+        if public:
+            acc_cfg.mediaConfig.transportConfig.publicAddress = public
         acc_cfg.callConfig.timerMinSESec = 90
         acc_cfg.callConfig.timerSessExpiresSec = 1800
 
@@ -811,14 +826,27 @@ class SIPAgent:
         self._pj_live.add(call)
         call.pj_id = prm.callId
         call.source = prm.rdata.srcAddress
+        msg = prm.rdata.wholeMsg
         ip = _host_of(call.source)
+        if self.front is not None and ip == self.front.proxy_host and \
+                (not self.front.proxy_port or call.source.rsplit(":", 1)[-1] == str(self.front.proxy_port)):
+            # Through the front: the inbound policy applies to the caller it names (it strips any
+            # X-Voice-Source a caller sent); without the header, to the front itself.
+            fwd = (_header(msg, "X-Voice-Source") or "").strip()
+            try:
+                ipaddress.ip_address(fwd)
+                call.source = f"{fwd} via {call.source}"
+                ip = fwd
+            except ValueError:
+                pass
         try:
             ci = pjc.getInfo()
             call.remote_uri = _clean_uri(ci.remoteUri)
             call.local_uri = _clean_uri(ci.localUri)
+            call.call_id = ci.callIdString
         except pj.Error:
             pass
-        code, reason, headers = self._admit(ip, prm.rdata.wholeMsg)
+        code, reason, headers = self._admit(ip, msg)
         if not code and not self._reserve(call):
             code, reason, headers = 486, "Busy Here", []
         s = self.settings
@@ -838,7 +866,8 @@ class SIPAgent:
         call._accepted = True
         self.calls[call.session_id] = call
         self._to_loop(self._register_call, call)
-        logger.info(f"sip: incoming call {call.session_id} from {call.remote_uri} ({call.source})")
+        logger.info(f"sip: incoming call {call.session_id} from {call.remote_uri} ({call.source})"
+                    + (f" Call-ID {call.call_id}" if self.front is not None else ""))
         op = pj.CallOpParam()
         op.statusCode = 180
         try:
@@ -894,6 +923,10 @@ class SIPAgent:
             self._release(call)
             raise SIPError(f"cannot call {uri}: {e.info().strip()}") from None
         call.pj_id = pjc.getId()
+        try:
+            call.call_id = pjc.getInfo().callIdString
+        except pj.Error:
+            pass
         self._pj_live.add(call)
         self.calls[call.session_id] = call
         self._to_loop(self._register_call, call)
@@ -1082,9 +1115,17 @@ _Call = _Lazy(_call_class)
 
 async def start_sip(app_state: Any) -> SIPAgent:
     """What ``voice serve --sip`` calls (voice.service): start the phone agent on the service's
-    models, settings (``settings.sip``) and session registry; returns the agent (``await agent.stop()``)."""
+    models, settings (``settings.sip``) and session registry; returns the agent (``await agent.stop()``).
+
+    With ``sip.workers > 1`` it starts the kamailio front and its worker processes instead
+    (:class:`voice.transports.sip.front.SIPFront`, also stopped with ``await handle.stop()``).
+    """
     app_settings = app_state.settings
     sip = getattr(app_settings, "sip", None) or SIPSettings()
+    if sip.workers > 1:
+        from .front import start_front
+
+        return await start_front(app_state)
     agent = SIPAgent(sip, runtime=app_state.runtime, app_settings=app_settings,
                      registry=getattr(app_state, "registry", None), app_state=app_state)
     await agent.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -71,6 +72,18 @@ class SIPSettings(BaseModel):
 
     log_level: int = Field(1, ge=0, le=6)  # PJSIP's own log verbosity (console)
 
+    # --- scaling out: N agent processes behind a kamailio front (voice/transports/sip/front.py) ---
+    # 1 = this process is the SIP agent (no proxy). N > 1 = `voice serve --sip` runs N agent
+    # processes on loopback ports (each its own PJSIP endpoint, models and max_calls slots) and
+    # kamailio on host:port in front of them, dispatching each new call to the least loaded one.
+    workers: int = Field(1, ge=1, le=64)
+    # First loopback port of the workers (worker i gets base + i - 1); 0 = free ports picked at start.
+    worker_port_base: int = Field(0, ge=0, le=65535)
+    kamailio: str = "kamailio"  # the kamailio binary (Debian package kamailio)
+    # kamailio config template; None = deploy/kamailio/kamailio.cfg of this source tree.
+    front_config: str | None = None
+    front_log_level: int = Field(1, ge=-5, le=3)  # kamailio's debug= (1 = errors and warnings, 2 = notices)
+
     @field_validator("host")
     @classmethod
     def _host_ip(cls, v: str) -> str:
@@ -107,8 +120,27 @@ class SIPSettings(BaseModel):
             raise ValueError("sip.registrar_uri needs sip.registrar_user and sip.registrar_password")
         if not self.transports:
             raise ValueError("sip.transports must name at least one of udp, tcp")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("sip.workers > 1 needs a fixed sip.port (the front's address)")
+        if self.workers > 1 and self.worker_port_base and self.worker_port_base + self.workers - 1 > 65535:
+            raise ValueError("sip.worker_port_base + sip.workers runs past port 65535")
         return self
 
     @property
     def digest_enabled(self) -> bool:
         return self.auth_user is not None and self.auth_password is not None
+
+
+@dataclass(frozen=True)
+class FrontLink:
+    """How one worker agent sits behind the kamailio front (voice/transports/sip/worker.py sets it;
+    not a user setting). ``None`` on a SIPAgent = it faces callers itself (``sip.workers = 1``)."""
+
+    proxy_host: str  # the front's address as the worker sees it: X-Voice-Source is believed from here only
+    proxy_uri: str  # "sip:HOST:PORT;lr" the worker reaches the front at (outbound proxy of its REGISTER)
+    contact_uri: str  # "sip:USER@PUBLIC:PORT": the front as callers reach it (the registration's Contact)
+    media_host: str  # RTP bind address: callers send RTP straight to the worker, not through the front
+    media_public_address: str | None = None  # address written into the SDP when it differs from media_host
+    nonce_key: bytes | None = None  # shared by every worker: a digest answer validates on any of them
+    register: bool = False  # this worker registers sip.registrar_uri (worker 1 only)
+    proxy_port: int = 0  # ... and from this source port (the front's internal socket; 0 = any)
