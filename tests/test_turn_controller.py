@@ -153,3 +153,15 @@ def test_smart_turn_is_only_needed_when_the_text_leaves_the_turn_end_open():
         assert not c.smart_turn_matters(text)
         waits = {c.required_wait(text, p) for p in (0.0, 0.3, 0.6, 1.0, None)}
         assert len(waits) == 1, (text, waits)
+
+
+def test_a_discarded_speculation_leaves_no_stale_marks_in_the_turn_metrics():
+    from voice.conversation import TurnMarks
+
+    marks = TurnMarks(turn=1, speech_end=2.0)
+    marks.new_generation(2.2)            # speculation
+    marks.llm_first_token, marks.tts_first_audio = 2.3, 2.6
+    marks.new_generation(3.5)            # discarded (the user went on); the real turn starts the LLM again
+    marks.endpoint, marks.llm_first_token = 3.5, 3.6
+    m = marks.metrics()
+    assert m["llm_ttft"] == 0.1 and m["tts_first_audio"] is None  # nothing from the discarded start

@@ -20,6 +20,12 @@ class TurnMarks:
     agent_audio_start: float | None = None
     reported: bool = False
 
+    def new_generation(self, t: float) -> None:
+        """The LLM starts (again) for this turn: what an earlier, discarded start produced is void."""
+        self.llm_start = t
+        self.llm_first_token = None
+        self.tts_first_audio = None
+
     def metrics(self) -> dict:
         def gap(a, b):
             return None if a is None or b is None else round(a - b, 4)

@@ -69,7 +69,7 @@ class TurnProcessor(FrameProcessor):
     async def _do_speculate(self, a, turn: int) -> None:
         self.events.emit("speculate", turn=turn, t=a.data["t"], text=a.text)
         self.conversation.current_turn = turn
-        self.conversation.mark(turn).llm_start = a.data["t"]
+        self.conversation.mark(turn).new_generation(a.data["t"])
         await self.push_frame(ReplyHeldFrame(turn=turn))
         messages = self.conversation.messages() + [{"role": "user", "content": a.text}]
         await self.push_frame(LLMContextFrame(context=LLMContext(messages=messages)))
@@ -100,7 +100,7 @@ class TurnProcessor(FrameProcessor):
         elif speculative:
             await self.push_frame(ReplyReleasedFrame(turn=turn))
         else:
-            marks.llm_start = a.data["t"]
+            marks.new_generation(a.data["t"])
             await self.push_frame(LLMContextFrame(context=LLMContext(messages=self.conversation.messages())))
 
     async def _do_interrupt(self, a, turn: int) -> None:
@@ -194,9 +194,11 @@ class TurnProcessor(FrameProcessor):
         t = self.events.clock.now()
         self.events.emit("agent_audio_start", turn=self.conversation.current_turn, t=t)
         marks = self.conversation.mark(self.conversation.current_turn)
-        if marks.agent_audio_start is None:
+        # Audio that starts before this turn's endpoint is not its reply (the tail of an earlier
+        # one, late under load): the reply to a turn is only released at its endpoint.
+        if marks.agent_audio_start is None and marks.endpoint is not None and t >= marks.endpoint - 0.05:
             marks.agent_audio_start = t
-        if not marks.reported and marks.speech_end is not None:
+        if not marks.reported and marks.speech_end is not None and marks.agent_audio_start is not None:
             marks.reported = True
             self.events.emit("turn_metrics", turn=marks.turn, text=marks.user_text, **marks.metrics())
         await self._apply(self.controller.on_agent_audio_started(self.now))
