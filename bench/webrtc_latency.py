@@ -13,7 +13,11 @@ Reported per transport (median, p90, min-max over the questions):
   * agent  — the agent's own ``turn_metrics.voice_to_voice`` (end of speech as
     its VAD saw it to the first audio it handed to its output transport).
 
-    python -m bench.webrtc_latency [--n 8] [--out out/webrtc_latency]
+    python -m bench.webrtc_latency [--n 8] [--out out/webrtc_latency] [--server subprocess|inprocess]
+
+``--server subprocess`` (default) runs the service as ``voice serve`` in its
+own process, so the caller's Opus/RTP work is not in the agent's process (as
+with a browser); ``inprocess`` serves the app inside the benchmark's process.
 
 A benchmark, not a test: run it on an otherwise idle machine.
 """
@@ -22,8 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +63,47 @@ def stats(values: list[float]) -> str:
             f"min {v.min():.3f}s  max {v.max():.3f}s  (n={len(v)})")
 
 
-async def run(n: int, out: Path, seed: int) -> dict:
-    from voice.bench_webrtc import talk_file_webrtc
+@contextlib.asynccontextmanager
+async def service_subprocess(timeout_s: float = 60.0):
+    """`voice serve` on a free loopback port in its own process; yields its base URL."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "voice.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"voice serve exited with {proc.returncode}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{url}/health")).json().get("ready"):
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("voice serve did not become ready")
+                await asyncio.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def run(n: int, out: Path, seed: int, server: str = "subprocess") -> dict:
+    if server == "subprocess":
+        async with service_subprocess() as url:
+            return await _run(n, out, seed, url)
+    return await _run(n, out, seed, None)
+
+
+async def _run(n: int, out: Path, seed: int, service_url: str | None) -> dict:
+    from voice.bench_webrtc import talk_file_webrtc, talk_file_webrtc_remote
     from voice.settings import load_settings
     from voice.talk import shared_runtime, talk_file
 
@@ -75,9 +122,15 @@ async def run(n: int, out: Path, seed: int) -> dict:
         # Alternate the order so neither transport always runs on a warmer machine.
         order = ("inprocess", "webrtc") if i % 2 == 0 else ("webrtc", "inprocess")
         for transport in order:
-            fn = talk_file if transport == "inprocess" else talk_file_webrtc
-            result = await fn(wav, d / f"output_{transport}.wav", d / f"events_{transport}.jsonl", settings,
-                              runtime=runtime)
+            if transport == "inprocess":
+                result = await talk_file(wav, d / "output_inprocess.wav", d / "events_inprocess.jsonl", settings,
+                                         runtime=runtime)
+            elif service_url is not None:
+                result = await talk_file_webrtc_remote(wav, d / "output_webrtc.wav", d / "events_webrtc.jsonl",
+                                                       service_url)
+            else:
+                result = await talk_file_webrtc(wav, d / "output_webrtc.wav", d / "events_webrtc.jsonl", settings,
+                                                runtime=runtime)
             output = read_wav(d / f"output_{transport}.wav", RATE)
             span = sound_span(output, speech_end)
             metrics = result.turn_metrics()
@@ -98,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8, help="questions (default 8)")
     p.add_argument("--out", default="out/webrtc_latency", help="where the WAVs, events and results go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server", choices=["subprocess", "inprocess"], default="subprocess",
+                   help="where the service runs (default: its own process, like a real deployment)")
     args = p.parse_args(argv)
 
     from loguru import logger
@@ -105,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     out = Path(args.out)
-    data = asyncio.run(run(args.n, out, args.seed))
+    data = asyncio.run(run(args.n, out, args.seed, args.server))
     rows = data["rows"]
     summary = {}
     print()

@@ -394,3 +394,79 @@ async def talk_file_webrtc(input_wav, output_wav, events_path, settings, runtime
                 f.write(json.dumps(e, default=str) + "\n")
     return WebRTCTalkResult(Path(output_wav), log, input_seconds, len(out) / OUTPUT_RATE,
                             messages=run["messages"], pc_id=run["pc_id"])
+
+
+# ------------------------------------------------------- against a separate service
+
+
+async def talk_file_webrtc_remote(input_wav, output_wav, events_path, base_url: str, *,
+                                  pipeline: str | None = None, max_tail_s: float = 20.0,
+                                  ready_timeout_s: float = READY_TIMEOUT_S) -> WebRTCTalkResult:
+    """Like :func:`talk_file_webrtc`, against a service in another process (``voice serve``).
+
+    The caller is then the only thing in this process, as a browser would be:
+    its Opus and RTP work does not share the agent's process. The session's
+    events arrive over the data channel; their ``t`` is moved onto the input
+    clock by the arrival of the first one that names a time (an estimate off
+    by the data channel's delay, a few ms on loopback); ``t_server`` keeps the
+    original.
+    """
+    from voice.events import EventLog
+
+    audio = read_wav(input_wav, PIPELINE_RATE)
+    peer = Peer(audio)
+    track, recorder = peer.track, peer.recorder
+    arrivals: dict[int, float] = {}
+    on_message = peer._on_message
+
+    def stamped(raw) -> None:  # note when each message arrived, for the clock estimate
+        arrivals[len(peer.messages)] = time.monotonic()
+        on_message(raw)
+
+    peer.channel.remove_all_listeners("message")
+    peer.channel.on("message", stamped)
+    try:
+        answer = await peer.connect(base_url, pipeline=pipeline)
+        try:
+            await asyncio.wait_for(peer.ready.wait(), ready_timeout_s)
+        except asyncio.TimeoutError:
+            raise WebRTCBenchError(f"the WebRTC session did not start (state {peer.pc.connectionState})") from None
+        await asyncio.sleep(PRE_ROLL_S + 0.2)  # the server's clock starts on our first frame
+        track.play()
+        await track.finished.wait()
+        assert track.t0 is not None
+        end_of_input = time.monotonic()
+        quiet_since = None
+        while time.monotonic() - end_of_input < max_tail_s:
+            await asyncio.sleep(FRAME_MS / 1000)
+            now = time.monotonic()
+            owed = not peer.events("agent_audio_stop") or now - recorder.last_voiced < 0.15
+            if owed:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= 0.6:
+                break
+    finally:
+        await peer.close()
+    shift = None
+    for i, m in enumerate(peer.messages):
+        if m.get("type") == "event" and isinstance(m.get("t"), (int, float)) and i in arrivals:
+            shift = (arrivals[i] - track.t0) - m["t"]
+            break
+    events = [{**{k: v for k, v in m.items() if k != "type"},
+               "t": round(m["t"] + (shift or 0.0), 4) if isinstance(m.get("t"), (int, float)) else m.get("t"),
+               "t_server": m.get("t")}
+              for m in peer.messages if m.get("type") == "event"]
+    input_seconds = len(audio) / PIPELINE_RATE
+    out, _ = recorder.render(track.t0, input_seconds)
+    write_wav(output_wav, out, OUTPUT_RATE)
+    log = EventLog(str(answer.get("session", answer.get("pc_id"))))
+    log.events = events
+    if events_path is not None:
+        Path(events_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(events_path, "w", encoding="utf-8") as f:
+            for e in events:
+                f.write(json.dumps(e, default=str) + "\n")
+    return WebRTCTalkResult(Path(output_wav), log, input_seconds, len(out) / OUTPUT_RATE,
+                            messages=peer.messages, pc_id=answer.get("pc_id"))
