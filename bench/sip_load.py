@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voice.audio import rms_dbfs
+
 ROOT = Path(__file__).resolve().parents[1]
 VOICED_DBFS = -45.0
 SIPP = shutil.which("sipp")
@@ -168,12 +170,6 @@ def pcmu_payload(payload: bytes) -> np.ndarray | None:
     if payload[0] & 0x10:
         off += 4 + 4 * struct.unpack("!H", payload[off + 2:off + 4])[0]
     return ulaw_decode(payload[off:]).astype(np.float32) / 32768.0
-
-
-def dbfs(a: np.ndarray) -> float:
-    if len(a) == 0:
-        return -120.0
-    return 20 * math.log10(max(float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))), 1e-6))
 
 
 def words(text: str) -> list[str]:
@@ -386,14 +382,14 @@ def read_wire(packets: list, plans: list[CallPlan]) -> tuple[list[CallResult], d
                 pcm = np.concatenate([a for _, a in agent_pk])
                 audio[p.q.idx] = pcm
                 r.agent_rtp_s = round(len(pcm) / 8000.0, 2)
-                voiced_at = [i for i, (_, a) in enumerate(agent_pk) if dbfs(a) > VOICED_DBFS]
+                voiced_at = [i for i, (_, a) in enumerate(agent_pk) if rms_dbfs(a) > VOICED_DBFS]
                 voiced = [agent_pk[i][0] for i in voiced_at]
                 r.agent_voiced_s = round(len(voiced) * 0.02, 2)
                 if voiced_at:
                     r.agent_speaks_at_s = round(sum(len(a) for _, a in agent_pk[:voiced_at[0]]) / 8000.0, 2)
                 if voiced:
                     first = voiced[0]
-                    last_caller = max((t for t, a in caller_pk if t < first and dbfs(a) > VOICED_DBFS), default=None)
+                    last_caller = max((t for t, a in caller_pk if t < first and rms_dbfs(a) > VOICED_DBFS), default=None)
                     if last_caller is not None:
                         r.v2v_s = round(first - last_caller, 3)
         results.append(r)
@@ -486,7 +482,8 @@ def print_table(results: list[CallResult], s: dict, extra: dict) -> None:
 
 # ------------------------------------------------------------------ the service
 
-def _health(url: str) -> dict | None:
+def health(url: str) -> dict | None:
+    """The service's /health JSON, or None while it does not answer."""
     try:
         with urllib.request.urlopen(url + "/health", timeout=2) as r:
             return json.loads(r.read())
@@ -510,7 +507,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> dict:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"voice serve exited with code {proc.returncode} while starting")
-        h = _health(url)
+        h = health(url)
         if h and h.get("sip", {}).get("healthy"):
             return h
         time.sleep(0.5)
@@ -540,7 +537,7 @@ async def bench(calls: int, workers: int, hold_s: float, out_dir: Path) -> dict:
         plans = await place_calls("127.0.0.1", sip_port, questions, hold_s, work)
         extra["calls_wall_s"] = round(time.monotonic() - t0, 1)
         await asyncio.sleep(0.5)
-        extra["health_after"] = _health(url)
+        extra["health_after"] = health(url)
     finally:
         if sniffer.is_alive():
             sniffer.stop()

@@ -34,8 +34,10 @@ class SpeechFirst:
                 if self._busy == 0:
                     self._cond.notify_all()
 
-    def wait_turn(self) -> None:
-        """Called by the LLM between tokens: wait (bounded) while speech is being synthesised."""
+    def wait_turn(self) -> bool:
+        """Called by the LLM between tokens: wait (bounded) while speech is being synthesised.
+
+        True when no synthesis is running on return, False when the bound cut the wait short.
+        """
         with self._cond:
-            if self._busy:
-                self._cond.wait_for(lambda: self._busy == 0, timeout=self.max_wait_s)
+            return self._cond.wait_for(lambda: self._busy == 0, timeout=self.max_wait_s)

@@ -18,7 +18,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,9 +32,11 @@ pj = pytest.importorskip("pjsua2")
 from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
 
+from bench.sip_load import Sniffer, pcmu_payload  # noqa: E402
 from voice.audio import read_wav, rms_dbfs  # noqa: E402
 from voice.transports.sip import SIPAgent, SIPError, SIPSettings  # noqa: E402
 from voice.transports.sip.agent import place_call  # noqa: E402
+from voice.transports.sip.front import free_port  # noqa: E402
 from voice.transports.sip.transport import echo_session  # noqa: E402
 
 HERE = Path(__file__).parent / "sip"
@@ -51,24 +52,6 @@ QUESTION = "What is the capital of France?"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host``."""
-    for _ in range(50):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind((host, 0))
-        port = u.getsockname()[1]
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            t.bind((host, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            t.close()
-            u.close()
-    raise RuntimeError("no free port")
-
 
 def fill(template: Path, out: Path, **values: object) -> Path:
     text = template.read_text()
@@ -296,54 +279,20 @@ def final_statuses(responses: list[str]) -> list[int]:
     return [s for s in (status_of(r) for r in responses) if s >= 200]
 
 
-def ulaw_decode(data: bytes) -> np.ndarray:
-    u = (~np.frombuffer(data, dtype=np.uint8)).astype(np.int32)
-    sign = u & 0x80
-    exp = (u >> 4) & 0x07
-    mant = u & 0x0F
-    mag = (((mant << 3) + 0x84) << exp) - 0x84
-    return np.where(sign != 0, -mag, mag).astype(np.int16)
-
-
-class RtpSniffer(threading.Thread):
+class RtpSniffer(Sniffer):
     """Records UDP on lo with an AF_PACKET socket (needs CAP_NET_RAW): the RTP the agent really sent.
 
     SIPp streams from its own RTP port and PJSIP latches onto the address it
     receives RTP from, so a plain socket advertised in SIPp's SDP would stop
     receiving; capturing on the wire sees the agent's packets wherever they go.
+    The capture itself is the load benchmark's (bench/sip_load.py).
     """
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
         try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
-            self.sock.bind(("lo", 0))
+            super().__init__()
         except (PermissionError, OSError, AttributeError) as e:
             pytest.skip(f"recording RTP on lo needs CAP_NET_RAW: {e}")
-        self.sock.settimeout(0.2)
-        self.packets: list[tuple[int, int, bytes, float]] = []  # (src port, dst port, payload, time)
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                pkt, addr = self.sock.recvfrom(65535)
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                break
-            if addr[2] == socket.PACKET_OUTGOING or len(pkt) < 42 or pkt[12:14] != b"\x08\x00":
-                continue
-            ihl = (pkt[14] & 0x0F) * 4
-            if pkt[23] != 17:  # UDP
-                continue
-            sport, dport = struct.unpack("!HH", pkt[14 + ihl:18 + ihl])
-            self.packets.append((sport, dport, pkt[14 + ihl + 8:], time.monotonic()))
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(2)
-        self.sock.close()
 
     def _agent_rtp_ports(self, sip_port: int) -> set[int]:
         ports = set()
@@ -355,32 +304,22 @@ class RtpSniffer(threading.Thread):
         assert ports, "no 200 OK with SDP from the agent on the wire"
         return ports
 
-    @staticmethod
-    def _pcmu(payload: bytes) -> np.ndarray | None:
-        if len(payload) <= 12 or payload[0] >> 6 != 2 or payload[1] & 0x7F != 0:
-            return None
-        off = 12 + 4 * (payload[0] & 0x0F)
-        if payload[0] & 0x10:
-            off += 4 + 4 * struct.unpack("!H", payload[off + 2:off + 4])[0]
-        return ulaw_decode(payload[off:])
-
     def agent_audio(self, sip_port: int) -> np.ndarray:
         """The agent's PCMU RTP as float32 at 8 kHz (its RTP port read from its 200 OK)."""
         ports = self._agent_rtp_ports(sip_port)
-        pcm = [a for a in (self._pcmu(p) for s, _, p, _ in self.packets if s in ports) if a is not None]
-        audio = np.concatenate(pcm) if pcm else np.zeros(0, np.int16)
-        return audio.astype(np.float32) / 32768.0
+        pcm = [a for a in (pcmu_payload(p) for s, _, p, _ in self.packets if s in ports) if a is not None]
+        return np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
 
     def reply_gap(self, sip_port: int, threshold_dbfs: float = -45.0) -> float | None:
         """Seconds on the wire from the caller's last voiced RTP packet (before the agent first
         speaks) to the agent's first voiced packet: the voice-to-voice latency a caller hears."""
         ports = self._agent_rtp_ports(sip_port)
-        voiced = lambda a: a is not None and rms_dbfs(a.astype(np.float32) / 32768.0) > threshold_dbfs  # noqa: E731
-        agent_first = next((t for s, _, p, t in self.packets if s in ports and voiced(self._pcmu(p))), None)
+        voiced = lambda a: a is not None and rms_dbfs(a) > threshold_dbfs  # noqa: E731
+        agent_first = next((t for s, _, p, t in self.packets if s in ports and voiced(pcmu_payload(p))), None)
         if agent_first is None:
             return None
         caller_last = max((t for _, d, p, t in self.packets if d in ports and t < agent_first
-                           and voiced(self._pcmu(p))), default=None)
+                           and voiced(pcmu_payload(p))), default=None)
         return None if caller_last is None else agent_first - caller_last
 
 

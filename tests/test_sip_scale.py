@@ -19,14 +19,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.sip]
 
-from bench.sip_load import Sniffer, make_questions, place_calls, read_wire  # noqa: E402
+from bench.sip_load import Sniffer, health, make_questions, place_calls, read_wire  # noqa: E402
 from voice.transports.sip import SIPSettings  # noqa: E402
 from voice.transports.sip.agent import SIPError  # noqa: E402
 from voice.transports.sip.front import (  # noqa: E402
@@ -174,14 +173,6 @@ async def test_ten_concurrent_calls_through_the_front(tmp_path):
     assert len([r for r in sessions.values() if r["transport"] == "sip"]) == 10
 
 
-def _health(url: str) -> dict | None:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
-            return json.loads(r.read())
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def _wait(pred, timeout: float, what: str, proc: subprocess.Popen | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -207,18 +198,18 @@ async def test_voice_serve_with_workers_restarts_a_dead_worker_and_stops_cleanly
     url = f"http://127.0.0.1:{http_port}"
     pids: list[int] = []
     try:
-        h = await asyncio.to_thread(_wait, lambda: (_health(url) or {}).get("sip", {}).get("healthy") and _health(url),
+        h = await asyncio.to_thread(_wait, lambda: (health(url) or {}).get("sip", {}).get("healthy") and health(url),
                                     240, "a healthy front", proc)
         sip = h["sip"]
         assert sip["workers_total"] == 2 and sip["front"]["state"] == "running", sip
         pids = [w["pid"] for w in sip["workers"]] + [sip["front"]["pid"]]
         victim = sip["workers"][0]
         os.kill(victim["pid"], signal.SIGKILL)
-        down = await asyncio.to_thread(_wait, lambda: (h := _health(url)) and not h["sip"]["healthy"] and h, 20,
+        down = await asyncio.to_thread(_wait, lambda: (h := health(url)) and not h["sip"]["healthy"] and h, 20,
                                        "the dead worker in /health", proc)
         assert down["sip"]["workers"][0]["state"] in ("dead", "starting"), down
         back = await asyncio.to_thread(
-            _wait, lambda: (h := _health(url)) and h["sip"]["healthy"] and h["sip"]["workers"][0]["restarts"] == 1
+            _wait, lambda: (h := health(url)) and h["sip"]["healthy"] and h["sip"]["workers"][0]["restarts"] == 1
             and h, 120, "the worker's restart", proc)
         assert back["sip"]["workers"][0]["pid"] != victim["pid"]
         pids.append(back["sip"]["workers"][0]["pid"])

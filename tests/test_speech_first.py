@@ -41,9 +41,10 @@ def test_llm_waits_while_a_synthesis_runs_and_goes_on_after_it():
 
 def test_llm_never_waits_without_synthesis_and_a_stuck_one_cannot_starve_it():
     gate = SpeechFirst(max_wait_s=0.05)
-    gate.wait_turn()  # returns at once
+    assert gate.wait_turn() is True  # nothing to wait for
     with gate.speaking():
-        gate.wait_turn()  # bounded: returns after max_wait_s although speech is still running
+        assert gate.wait_turn() is False  # bounded: gives up although speech is still running
+    assert gate.wait_turn() is True
 
 
 def test_leading_silence_is_cut_to_a_few_ms_and_speech_is_kept(runtime):

@@ -323,6 +323,37 @@ class Peer:
         await self.pc.close()
 
 
+async def keep_line_open(recorder: Recorder, busy, max_tail_s: float, *, done=lambda: False) -> None:
+    """After the clip: keep streaming silence while the agent still owes or plays a reply.
+
+    Ends once ``busy()`` is false and nothing voiced arrived for 0.6 s, when
+    ``done()`` (the session ended), or after ``max_tail_s``.
+    """
+    end_of_input = time.monotonic()
+    quiet_since = None
+    while time.monotonic() - end_of_input < max_tail_s:
+        await asyncio.sleep(FRAME_MS / 1000)
+        now = time.monotonic()
+        if busy() or now - recorder.last_voiced < 0.15:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= 0.6:
+            break
+        if done():
+            break
+
+
+def write_events(events_path, events: list[dict[str, Any]]) -> None:
+    """The session's events as JSONL (nothing when ``events_path`` is None)."""
+    if events_path is None:
+        return
+    Path(events_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(events_path, "w", encoding="utf-8") as f:
+        for e in events:
+            f.write(json.dumps(e, default=str) + "\n")
+
+
 async def talk_over_webrtc(base_url: str, app, audio: np.ndarray, *, pipeline: str | None = None,
                            max_tail_s: float = 20.0) -> dict[str, Any]:
     """One aiortc session against a service running in this process: play ``audio`` (16 kHz float), record the reply."""
@@ -346,20 +377,7 @@ async def talk_over_webrtc(base_url: str, app, audio: np.ndarray, *, pipeline: s
         await track.finished.wait()
         assert track.t0 is not None
 
-        # Keep the line open (silence) while the agent still owes or plays a reply.
-        end_of_input = time.monotonic()
-        quiet_since = None
-        while time.monotonic() - end_of_input < max_tail_s:
-            await asyncio.sleep(FRAME_MS / 1000)
-            now = time.monotonic()
-            if session.busy() or now - recorder.last_voiced < 0.15:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = now
-            elif now - quiet_since >= 0.6:
-                break
-            if session.done.is_set():
-                break
+        await keep_line_open(recorder, session.busy, max_tail_s, done=session.done.is_set)
         # Shift server event times onto the input clock (shared monotonic clock).
         shift = (time.monotonic() - track.t0) - session.events.clock.now()
     finally:
@@ -387,11 +405,7 @@ async def talk_file_webrtc(input_wav, output_wav, events_path, settings, runtime
     write_wav(output_wav, out, OUTPUT_RATE)
     log = EventLog(run["session"].id)
     log.events = run["events"]
-    if events_path is not None:
-        Path(events_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(events_path, "w", encoding="utf-8") as f:
-            for e in log.events:
-                f.write(json.dumps(e, default=str) + "\n")
+    write_events(events_path, log.events)
     return WebRTCTalkResult(Path(output_wav), log, input_seconds, len(out) / OUTPUT_RATE,
                             messages=run["messages"], pc_id=run["pc_id"])
 
@@ -435,18 +449,7 @@ async def talk_file_webrtc_remote(input_wav, output_wav, events_path, base_url: 
         track.play()
         await track.finished.wait()
         assert track.t0 is not None
-        end_of_input = time.monotonic()
-        quiet_since = None
-        while time.monotonic() - end_of_input < max_tail_s:
-            await asyncio.sleep(FRAME_MS / 1000)
-            now = time.monotonic()
-            owed = not peer.events("agent_audio_stop") or now - recorder.last_voiced < 0.15
-            if owed:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = now
-            elif now - quiet_since >= 0.6:
-                break
+        await keep_line_open(recorder, lambda: not peer.events("agent_audio_stop"), max_tail_s)
     finally:
         await peer.close()
     shift = None
@@ -463,10 +466,6 @@ async def talk_file_webrtc_remote(input_wav, output_wav, events_path, base_url: 
     write_wav(output_wav, out, OUTPUT_RATE)
     log = EventLog(str(answer.get("session", answer.get("pc_id"))))
     log.events = events
-    if events_path is not None:
-        Path(events_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(events_path, "w", encoding="utf-8") as f:
-            for e in events:
-                f.write(json.dumps(e, default=str) + "\n")
+    write_events(events_path, events)
     return WebRTCTalkResult(Path(output_wav), log, input_seconds, len(out) / OUTPUT_RATE,
                             messages=peer.messages, pc_id=answer.get("pc_id"))

@@ -17,12 +17,11 @@ TAIL_S = 0.1     # the model was trained on clips that end at the speech end, no
 
 
 class SmartTurnProcessor(FrameProcessor):
-    def __init__(self, model, *, executor=None, needed=None, **kwargs):
+    def __init__(self, model, *, needed, executor=None, **kwargs):
         super().__init__(**kwargs)
         self._model = model
         self._executor = executor
         # needed(text) -> bool: does the controller need the model for this transcript?
-        # Without it, the model runs at every pause as soon as the speech stops.
         self._needed = needed
         self._pause_end: float | None = None  # the pause still waiting for its transcript
         self._ring = np.zeros(int((WINDOW_S + 1.0) * PIPELINE_RATE), dtype=np.int16)
@@ -64,10 +63,7 @@ class SmartTurnProcessor(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame) and frame.audio:
             self._append(frame.audio)
         elif isinstance(frame, SpeechStoppedFrame):
-            if self._needed is None:
-                self.create_task(self._predict(frame.end), name="smart-turn")
-            else:
-                self._pause_end = frame.end
+            self._pause_end = frame.end
         elif isinstance(frame, SpeechStartedFrame):
             self._pause_end = None
         elif (isinstance(frame, TranscriptFrame) and self._pause_end is not None
