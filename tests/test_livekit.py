@@ -27,6 +27,7 @@ import livekit.agents  # noqa: E402,F401  (installed but broken, e.g. a missing 
 
 from livekit import api, rtc  # noqa: E402
 
+from voice.audio import FrameChunker  # noqa: E402
 from voice.settings import load_settings  # noqa: E402
 from voice.transports import livekit as lkmod  # noqa: E402
 
@@ -101,12 +102,12 @@ def _tone_frames(rate: int, channels: int, seconds: float, hz: float, amp: float
 
 @pytest.mark.parametrize("rate,channels", [(48000, 2), (48000, 1), (16000, 1), (24000, 2)])
 def test_livekit_frames_to_pipeline_pcm(rate, channels):
-    conv, chunker = lkmod.LiveKitAudioConverter(), lkmod.FrameChunker()
+    conv, chunker = lkmod.LiveKitAudioConverter(), FrameChunker()
     out = []
     for frame in _tone_frames(rate, channels, 1.0, 440.0):
         assert isinstance(frame, rtc.AudioFrame) and frame.num_channels == channels
         out += chunker.push(conv.convert(frame))
-    assert out and all(len(c) == lkmod.FRAME_BYTES for c in out)  # exact 20 ms, 16 kHz mono int16
+    assert out and all(len(c) == 640 for c in out)  # exact 20 ms, 16 kHz mono int16
     pcm = np.frombuffer(b"".join(out), dtype=np.int16).astype(np.float32) / 32768
     assert 0.9 * 16000 <= len(pcm) <= 16000
     body = pcm[1600:-1600]

@@ -79,6 +79,35 @@ def frames(audio: np.ndarray, rate: int = PIPELINE_RATE, ms: int = FRAME_MS):
         yield chunk.tobytes()
 
 
+class FrameChunker:
+    """Re-cuts a stream of PCM16 into exact frames (20 ms at 16 kHz: what the VAD and the turn clock count in).
+
+    A resampler's first output is short by its filter delay (aiortc Opus at
+    48 kHz through PyAV: 304 samples, then 320 per 20 ms). Cutting that stream
+    naively leaves 304 samples waiting in every frame, so all later audio
+    reaches the pipeline 19 ms late. The first chunk is therefore padded at
+    its start with silence up to a whole frame; streams that then arrive in
+    whole frames pass straight through.
+    """
+
+    def __init__(self, frame_bytes: int = PIPELINE_RATE * FRAME_MS // 1000 * 2):
+        self.frame_bytes = frame_bytes
+        self._pending = b""
+        self._started = False
+
+    def push(self, pcm: bytes) -> list[bytes]:
+        if not self._started and pcm:
+            self._started = True
+            short = (-len(pcm)) % self.frame_bytes
+            pcm = bytes(short) + pcm
+        self._pending += pcm
+        out = []
+        while len(self._pending) >= self.frame_bytes:
+            out.append(self._pending[:self.frame_bytes])
+            self._pending = self._pending[self.frame_bytes:]
+        return out
+
+
 def rms_dbfs(audio: np.ndarray) -> float:
     if len(audio) == 0:
         return -120.0

@@ -32,10 +32,9 @@ from urllib.parse import urlparse
 import numpy as np
 from loguru import logger
 
-from voice.audio import FRAME_MS, PIPELINE_RATE
+from voice.audio import PIPELINE_RATE, FrameChunker
 
 OUTPUT_RATE = 48000  # Opus' native rate: LiveKit's encoder does no further resampling
-FRAME_BYTES = PIPELINE_RATE * FRAME_MS // 1000 * 2
 NO_CALLER_TIMEOUT_S = 60.0  # dispatched, but nobody with a microphone ever came
 
 
@@ -159,21 +158,6 @@ class LiveKitAudioConverter:
                 self._stream = soxr.ResampleStream(frame.sample_rate, self.out_rate, 1, dtype="float32")
             audio = self._stream.resample_chunk(audio)
         return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
-
-
-class FrameChunker:
-    """Re-cuts PCM16 into exact 20 ms frames at 16 kHz (what the VAD and the turn clock count in)."""
-
-    def __init__(self):
-        self._pending = b""
-
-    def push(self, pcm: bytes) -> list[bytes]:
-        self._pending += pcm
-        out = []
-        while len(self._pending) >= FRAME_BYTES:
-            out.append(self._pending[:FRAME_BYTES])
-            self._pending = self._pending[FRAME_BYTES:]
-        return out
 
 
 def make_transport(url: str, token: str, room: str, clock):

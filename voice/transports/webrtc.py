@@ -37,11 +37,10 @@ from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCInputTransport, SmallWebRTCTransport
 
-from voice.audio import FRAME_MS, PIPELINE_RATE
+from voice.audio import PIPELINE_RATE, FrameChunker
 from voice.events import EventLog, SessionClock
 
 OUTPUT_RATE = 48000  # Opus' native rate: aiortc's encoder does no further resampling
-FRAME_BYTES = PIPELINE_RATE * FRAME_MS // 1000 * 2
 
 # Packets the agent's audio receiver holds back before decoding. aiortc's
 # default (4) adds 80-100 ms to every word the user says. The agent does not
@@ -162,15 +161,13 @@ class ClockedInputTransport(SmallWebRTCInputTransport):
     def __init__(self, client, params: TransportParams, *, clock: SessionClock, **kwargs):
         super().__init__(client, params, **kwargs)
         self._clock = clock
-        self._pending = b""
+        self._chunker = FrameChunker()
         self.last_audio_at: float | None = None  # monotonic time of the last frame from the peer
 
     async def push_audio_frame(self, frame: InputAudioRawFrame):
         self.last_audio_at = time.monotonic()
         self._clock.start()
-        self._pending += frame.audio
-        while len(self._pending) >= FRAME_BYTES:
-            chunk, self._pending = self._pending[:FRAME_BYTES], self._pending[FRAME_BYTES:]
+        for chunk in self._chunker.push(frame.audio):
             await super().push_audio_frame(
                 InputAudioRawFrame(audio=chunk, sample_rate=PIPELINE_RATE, num_channels=1))
 
