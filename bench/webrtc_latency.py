@@ -14,10 +14,13 @@ Reported per transport (median, p90, min-max over the questions):
     its VAD saw it to the first audio it handed to its output transport).
 
     python -m bench.webrtc_latency [--n 8] [--out out/webrtc_latency] [--server subprocess|inprocess]
+                                   [--client-hold 1]
 
 ``--server subprocess`` (default) runs the service as ``voice serve`` in its
 own process, so the caller's Opus/RTP work is not in the agent's process (as
-with a browser); ``inprocess`` serves the app inside the benchmark's process.
+with a browser); ``inprocess`` serves the app inside the benchmark's process. ``--client-hold``
+is the caller's receive buffer in 20 ms packets (default 1, modelled on
+Chromium's jitter buffer on loopback; see ``voice.bench_webrtc``).
 
 A benchmark, not a test: run it on an otherwise idle machine.
 """
@@ -64,15 +67,20 @@ def stats(values: list[float]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def service_subprocess(timeout_s: float = 60.0):
-    """`voice serve` on a free loopback port in its own process; yields its base URL."""
+async def service_subprocess(timeout_s: float = 60.0, env: dict[str, str] | None = None):
+    """`voice serve` on a free loopback port in its own process; yields (base URL, process).
+
+    ``env`` adds settings as environment variables (``VOICE_MAX_SESSIONS=8`` ...).
+    """
+    import os
+
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "voice.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -86,7 +94,7 @@ async def service_subprocess(timeout_s: float = 60.0):
                 if time.monotonic() > deadline:
                     raise RuntimeError("voice serve did not become ready")
                 await asyncio.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -95,21 +103,22 @@ async def service_subprocess(timeout_s: float = 60.0):
             proc.kill()
 
 
-async def run(n: int, out: Path, seed: int, server: str = "subprocess") -> dict:
+async def run(n: int, out: Path, seed: int, server: str = "subprocess", client_hold: int | None = None) -> dict:
     if server == "subprocess":
-        async with service_subprocess() as url:
-            return await _run(n, out, seed, url)
-    return await _run(n, out, seed, None)
+        async with service_subprocess() as (url, _):
+            return await _run(n, out, seed, url, client_hold)
+    return await _run(n, out, seed, None, client_hold)
 
 
-async def _run(n: int, out: Path, seed: int, service_url: str | None) -> dict:
-    from voice.bench_webrtc import talk_file_webrtc, talk_file_webrtc_remote
+async def _run(n: int, out: Path, seed: int, service_url: str | None, client_hold: int | None = None) -> dict:
+    from voice.bench_webrtc import CLIENT_JITTER_PREFETCH, talk_file_webrtc, talk_file_webrtc_remote
     from voice.settings import load_settings
     from voice.talk import shared_runtime, talk_file
 
     settings = load_settings()
     runtime = shared_runtime(settings)
     rng = np.random.default_rng(seed)
+    hold = CLIENT_JITTER_PREFETCH if client_hold is None else client_hold
     rows = []
     for i in range(n):
         text = QUESTIONS[i % len(QUESTIONS)]
@@ -127,10 +136,10 @@ async def _run(n: int, out: Path, seed: int, service_url: str | None) -> dict:
                                          runtime=runtime)
             elif service_url is not None:
                 result = await talk_file_webrtc_remote(wav, d / "output_webrtc.wav", d / "events_webrtc.jsonl",
-                                                       service_url)
+                                                       service_url, jitter_prefetch=hold)
             else:
                 result = await talk_file_webrtc(wav, d / "output_webrtc.wav", d / "events_webrtc.jsonl", settings,
-                                                runtime=runtime)
+                                                runtime=runtime, jitter_prefetch=hold)
             output = read_wav(d / f"output_{transport}.wav", RATE)
             span = sound_span(output, speech_end)
             metrics = result.turn_metrics()
@@ -143,7 +152,7 @@ async def _run(n: int, out: Path, seed: int, service_url: str | None) -> dict:
         print(f"[{i + 1}/{n}] {text!r} ({voice}, {speed} wpm): "
               + "  ".join(f"{t} heard {row[t]['heard']} agent {row[t]['agent']}" for t in ("inprocess", "webrtc")),
               flush=True)
-    return {"rows": rows}
+    return {"rows": rows, "client_hold": hold}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server", choices=["subprocess", "inprocess"], default="subprocess",
                    help="where the service runs (default: its own process, like a real deployment)")
+    p.add_argument("--client-hold", type=int, default=None,
+                   help="the caller's receive buffer in 20 ms packets (default 1, like Chromium on loopback)")
     args = p.parse_args(argv)
 
     from loguru import logger
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     out = Path(args.out)
-    data = asyncio.run(run(args.n, out, args.seed, args.server))
+    data = asyncio.run(run(args.n, out, args.seed, args.server, args.client_hold))
     rows = data["rows"]
     summary = {}
     print()

@@ -44,10 +44,13 @@ from voice.talk import TalkResult
 OUTPUT_RATE = 16000
 RTP_AUDIO_RATE = 48000
 READY_TIMEOUT_S = 30.0
-PRE_ROLL_S = 0.3
-# The caller's receive buffer, in 20 ms frames: about what a browser's adaptive
-# jitter buffer settles at on a clean link (aiortc's own default is 4).
-CLIENT_JITTER_PREFETCH = 2  # silence streamed after the server hears us, before INPUT starts
+PRE_ROLL_S = 0.3  # silence streamed after the server hears us, before INPUT starts
+# The caller's receive buffer, in 20 ms frames, modelled on Chromium: on this
+# loopback its getStats() shows a jitter buffer target of 22-25 ms and 28-29 ms
+# average delay per sample (tests/test_browser.py prints them). One packet held
+# is 20 ms for a packet's first sample; two (the earlier setting) were 40 ms.
+# aiortc's own default is 4.
+CLIENT_JITTER_PREFETCH = 1
 
 
 class WebRTCBenchError(RuntimeError):
@@ -136,11 +139,12 @@ class WavTrack(MediaStreamTrack):
             raise MediaStreamError
         if self._start is None:
             self._start = time.monotonic()
-        due = self._start + self._ts / PIPELINE_RATE
+        # Like a microphone, a frame leaves once its last sample is captured.
+        due = self._start + (self._ts + self._n) / PIPELINE_RATE
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         if self._play_requested and self._play_from is None:
             self._play_from = self._ts
-            self.t0 = due
+            self.t0 = due - self._n / PIPELINE_RATE  # when the clip's first sample was "captured"
         chunk = np.zeros(self._n, dtype=np.int16)
         if self._play_from is not None:
             i = self._ts - self._play_from
@@ -229,6 +233,7 @@ class Recorder:
 class WebRTCTalkResult(TalkResult):
     messages: list[dict[str, Any]] = field(default_factory=list)  # what arrived over the data channel
     pc_id: str | None = None
+    recorder: Recorder | None = None  # the received agent audio, frame by frame
 
 
 class OfferRejected(WebRTCBenchError):
@@ -355,9 +360,9 @@ def write_events(events_path, events: list[dict[str, Any]]) -> None:
 
 
 async def talk_over_webrtc(base_url: str, app, audio: np.ndarray, *, pipeline: str | None = None,
-                           max_tail_s: float = 20.0) -> dict[str, Any]:
+                           max_tail_s: float = 20.0, jitter_prefetch: int = CLIENT_JITTER_PREFETCH) -> dict[str, Any]:
     """One aiortc session against a service running in this process: play ``audio`` (16 kHz float), record the reply."""
-    peer = Peer(audio)
+    peer = Peer(audio, jitter_prefetch=jitter_prefetch)
     track, recorder = peer.track, peer.recorder
     session = None
     try:
@@ -391,7 +396,7 @@ async def talk_over_webrtc(base_url: str, app, audio: np.ndarray, *, pipeline: s
 
 
 async def talk_file_webrtc(input_wav, output_wav, events_path, settings, runtime=None, *,
-                           max_tail_s: float = 20.0) -> WebRTCTalkResult:
+                           max_tail_s: float = 20.0, jitter_prefetch: int = CLIENT_JITTER_PREFETCH) -> WebRTCTalkResult:
     """Like :func:`voice.talk.talk_file`, through ``POST /api/offer`` and a loopback WebRTC peer."""
     from voice.events import EventLog
     from voice.talk import shared_runtime
@@ -399,7 +404,8 @@ async def talk_file_webrtc(input_wav, output_wav, events_path, settings, runtime
     audio = read_wav(input_wav, PIPELINE_RATE)
     runtime = runtime or shared_runtime(settings)
     async with serve_in_process(settings, runtime) as (base_url, app):
-        run = await talk_over_webrtc(base_url, app, audio, pipeline=settings.pipeline, max_tail_s=max_tail_s)
+        run = await talk_over_webrtc(base_url, app, audio, pipeline=settings.pipeline, max_tail_s=max_tail_s,
+                                     jitter_prefetch=jitter_prefetch)
     input_seconds = len(audio) / PIPELINE_RATE
     out, _ = run["recorder"].render(run["t0"], input_seconds)
     write_wav(output_wav, out, OUTPUT_RATE)
@@ -415,7 +421,8 @@ async def talk_file_webrtc(input_wav, output_wav, events_path, settings, runtime
 
 async def talk_file_webrtc_remote(input_wav, output_wav, events_path, base_url: str, *,
                                   pipeline: str | None = None, max_tail_s: float = 20.0,
-                                  ready_timeout_s: float = READY_TIMEOUT_S) -> WebRTCTalkResult:
+                                  ready_timeout_s: float = READY_TIMEOUT_S,
+                                  jitter_prefetch: int = CLIENT_JITTER_PREFETCH) -> WebRTCTalkResult:
     """Like :func:`talk_file_webrtc`, against a service in another process (``voice serve``).
 
     The caller is then the only thing in this process, as a browser would be:
@@ -428,7 +435,7 @@ async def talk_file_webrtc_remote(input_wav, output_wav, events_path, base_url: 
     from voice.events import EventLog
 
     audio = read_wav(input_wav, PIPELINE_RATE)
-    peer = Peer(audio)
+    peer = Peer(audio, jitter_prefetch=jitter_prefetch)
     track, recorder = peer.track, peer.recorder
     arrivals: dict[int, float] = {}
     on_message = peer._on_message
@@ -468,4 +475,4 @@ async def talk_file_webrtc_remote(input_wav, output_wav, events_path, base_url: 
     log.events = events
     write_events(events_path, events)
     return WebRTCTalkResult(Path(output_wav), log, input_seconds, len(out) / OUTPUT_RATE,
-                            messages=peer.messages, pc_id=answer.get("pc_id"))
+                            messages=peer.messages, pc_id=answer.get("pc_id"), recorder=recorder)

@@ -54,8 +54,10 @@ class FileInputTransport(BaseInputTransport):
         t0 = time.monotonic()
         self._clock.start(t0)
         i = 0
+        # A frame is pushed when its last sample has been "captured", as a
+        # microphone delivers it, never before.
         for pcm in frames(self._audio):
-            await asyncio.sleep(max(0.0, t0 + i * period - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
             await self.push_audio_frame(InputAudioRawFrame(audio=self._with_echo(pcm, i * period),
                                                            sample_rate=PIPELINE_RATE, num_channels=1))
             i += 1
@@ -63,7 +65,7 @@ class FileInputTransport(BaseInputTransport):
         end_of_input = i * period
         quiet_since = None
         while i * period - end_of_input < self._max_tail_s:
-            await asyncio.sleep(max(0.0, t0 + i * period - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
             await self.push_audio_frame(InputAudioRawFrame(audio=self._with_echo(silence, i * period),
                                                            sample_rate=PIPELINE_RATE, num_channels=1))
             i += 1
