@@ -52,6 +52,13 @@ def test_text_cues():
     assert completeness("So I was thinking, um") < 0.2
     assert is_question("I went there. Where were you?") and not is_question("Where I went was nice.")
     assert is_question("how do I get there") and not is_question("I went to the park")
+    # Whisper's full stop on a question (a flat voice, Opus-coded audio): word order decides.
+    assert is_question("How far away is the moon.") and is_question("Can you recommend a good book.")
+    assert is_question("Where does the train leave from.") and is_question("Isn't it late.")
+    assert not is_question("What I mean is that it was fine.") and not is_question("When we got there it was closed.")
+    assert not is_question("The moon is far away.") and not is_question("Who knows.")
+    assert completeness("How far away is the moon.") == completeness("How far away is the moon?")
+    assert completeness("The moon is far away.") < completeness("How far away is the moon.")
     assert is_backchannel("Yeah.") and is_backchannel("uh-huh") and is_backchannel("I see")
     assert not is_backchannel("Yeah but what about Paris?") and not is_backchannel("")
 

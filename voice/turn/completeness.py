@@ -35,7 +35,7 @@ def completeness(text: str) -> float:
     if stripped.endswith(("?", "!")):
         return 0.95
     if stripped.endswith("."):
-        return 0.8
+        return 0.95 if is_question(stripped) else 0.8  # a question, whatever the recogniser's punctuation
     if _QUESTION_START.match(last_sentence(stripped).lower()):
         return 0.75  # an unpunctuated question that does not stop on a function word
     return 0.5
@@ -51,13 +51,29 @@ def last_sentence(text: str) -> str:
     return parts[-1] if parts else ""
 
 
+_AUX = r"(is|are|am|was|were|do|does|did|can|could|would|will|should|shall|has|have|had|may|might|must)"
+# Word order settles a question where punctuation cannot: a question word, then
+# (after at most a few words, none of them a subject pronoun) an auxiliary
+# verb, as in "how far away is the moon", "what time does it open"; or an
+# auxiliary first, then its subject, as in "can you ...", "is there ...".
+# "What I mean is ...", "When we got there ..." are not inverted.
+_INVERTED = re.compile(
+    r"^(?:(what|who|where|when|why|how|which)(?: (?!(?:i|you|we|they|he|she|it)\b)[a-z']+){0,4} " + _AUX + r"\b"
+    r"|" + _AUX + r"(?:n't)? (i|you|we|they|he|she|it|there|the|a|an|this|that|these|those|my|your|our|any|anyone|someone|anything)\b)")
+
+
 def is_question(text: str) -> bool:
-    """Does the turn end on a question (by punctuation or by its opening words)?"""
+    """Does the turn end on a question (by punctuation, by word order, or by its opening words)?
+
+    Whisper's punctuation follows the speaker's pitch and is often wrong on a
+    flat or unusual voice ("How far away is the moon."), so an inverted
+    question counts even when it ends on a full stop.
+    """
     last = last_sentence(text).lower()
     if last.endswith("?"):
         return True
     if last.endswith((".", "!")):
-        return False  # the recogniser punctuated it as a statement
+        return bool(_INVERTED.match(last.rstrip(".!")))
     return bool(_QUESTION_START.match(last))
 
 
