@@ -4,8 +4,9 @@ Every conversation is synthetic speech (espeak-ng, a different voice and
 question set per session): three questions, each followed by a pause long
 enough for a reply. All N run at once on one process with the models loaded
 once (``voice.talk.talk_file``, in-process) or through the real service over
-loopback WebRTC (``voice.bench_webrtc``: one server, N aiortc callers in the
-same process). Session i starts ``i * stagger`` seconds after the first, so
+loopback WebRTC (``voice.bench_webrtc``: N aiortc callers against one
+``voice serve`` in its own process, as browsers would be; ``--server
+inprocess`` puts the service in the callers' process). Session i starts ``i * stagger`` seconds after the first, so
 the turns of different sessions overlap without being in lock step.
 
 Each N runs in a fresh subprocess (clean RSS and CPU figures); per N we report
@@ -24,13 +25,19 @@ Each N runs in a fresh subprocess (clean RSS and CPU figures); per N we report
   * late output (WebRTC): the caller's received packets that came more than
     60 ms after their RTP playout time (a browser jitter buffer would have
     stretched or dropped them);
-  * CPU: the process's CPU time over the run's wall time, in % of one core
-    (200 % = both cores of this machine), and the machine's total busy %;
-  * RSS: the process's resident memory before the sessions (models loaded
-    and warmed up) and its peak during them; "per extra session" is
+  * CPU: the agent process's CPU time over the run's wall time, in % of one
+    core (200 % = both cores of this machine), and the machine's total busy %
+    (over WebRTC with the service in its own process, the callers' CPU is
+    reported apart);
+  * RSS: the agent process's resident memory before the sessions (models
+    loaded and warmed up) and its peak during them; "per extra session" is
     (peak(N) - peak(1)) / (N - 1) across the ramp.
 
-    python -m bench.load [--max-n 6] [--transport inproc|webrtc|both] [--out out/bench-load]
+Over WebRTC with the service in its own process, "late input" is not
+measured (it is read inside the agent's pipeline).
+
+    python -m bench.load [--max-n 6] [--transport inproc|webrtc|both] [--server subprocess|inprocess]
+                         [--out out/bench-load]
 
 A benchmark, not a test: run it on an otherwise idle machine.
 """
@@ -103,16 +110,17 @@ def voice_to_voice(output: np.ndarray, spans: list[tuple[float, float]]) -> list
 class _ProcStats:
     """What ResourceSampler needs from psutil, read from /proc when psutil is not installed (Linux)."""
 
-    def __init__(self):
+    def __init__(self, pid: int | None = None):
         self._tick = os.sysconf("SC_CLK_TCK")
         self._page = os.sysconf("SC_PAGE_SIZE")
+        self._proc = f"/proc/{pid or 'self'}"
 
     def rss(self) -> int:
-        with open("/proc/self/statm") as f:
+        with open(f"{self._proc}/statm") as f:
             return int(f.read().split()[1]) * self._page
 
     def cpu_seconds(self) -> float:
-        with open("/proc/self/stat") as f:
+        with open(f"{self._proc}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
 
@@ -125,9 +133,9 @@ class _ProcStats:
 
 
 class _PsutilStats:
-    def __init__(self, psutil):
+    def __init__(self, psutil, pid: int | None = None):
         self._psutil = psutil
-        self._proc = psutil.Process()
+        self._proc = psutil.Process(pid)
 
     def rss(self) -> int:
         return self._proc.memory_info().rss
@@ -142,19 +150,19 @@ class _PsutilStats:
         return sum(t) - idle, sum(t)
 
 
-def _stats():
+def _stats(pid: int | None = None):
     try:
         import psutil
     except ImportError:
-        return _ProcStats()
-    return _PsutilStats(psutil)
+        return _ProcStats(pid)
+    return _PsutilStats(psutil, pid)
 
 
 class ResourceSampler:
-    """Process CPU time, machine busy time and RSS (psutil, else /proc), RSS sampled every 0.25 s."""
+    """CPU time and RSS of a process (this one by default), and machine busy time; RSS sampled every 0.25 s."""
 
-    def __init__(self):
-        self._stats = _stats()
+    def __init__(self, pid: int | None = None):
+        self._stats = _stats(pid)
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="resource-sampler")
@@ -211,9 +219,13 @@ def _LazyProbe(holder):
     return Probe()
 
 
-async def _one_level(n: int, transport: str, out_dir: Path, stagger: float, batch_max: int | None) -> dict:
+async def _one_level(n: int, transport: str, out_dir: Path, stagger: float, batch_max: int | None,
+                     server: str = "subprocess") -> dict:
     from voice.settings import load_settings
     from voice.talk import shared_runtime
+
+    if transport == "webrtc" and server == "subprocess":
+        return await _webrtc_level_remote(n, out_dir, stagger, batch_max)
 
     settings = load_settings()
     if batch_max is not None:
@@ -285,7 +297,7 @@ async def _webrtc_level(n, inputs, out_dir, settings, runtime, stagger):
     """One service on loopback, N aiortc callers at once (all in this process)."""
     import voice.session as vs
     from voice.audio import read_wav, write_wav
-    from voice.bench_webrtc import RTP_AUDIO_RATE, serve_in_process, talk_over_webrtc
+    from voice.bench_webrtc import serve_in_process, talk_over_webrtc
 
     probes = {}
     original_run = vs.run_session
@@ -318,14 +330,57 @@ async def _webrtc_level(n, inputs, out_dir, settings, runtime, stagger):
         out, _ = run["recorder"].render(run["t0"], audio_s)
         write_wav(out_dir / f"s{i}.out.wav", out, RATE)
         frames = run["recorder"].frames
-        late = 0
-        if frames:
-            anchor = min(arrival - rel / RTP_AUDIO_RATE for arrival, rel, _ in frames)
-            late = sum(1 for arrival, rel, _ in frames if arrival - (anchor + rel / RTP_AUDIO_RATE) > LATE_OUTPUT_S)
         probe = probes.get(run["session"].id)
         rows.append(_session_row(i, inputs[i][1], out, probe.lags if probe else [], None,
-                                 {"late": late, "frames": len(frames)}, None))
+                                 {"late": _late_packets(frames), "frames": len(frames)}, None))
     return rows, res
+
+
+def _late_packets(frames) -> int:
+    """Received packets more than LATE_OUTPUT_S after their RTP playout time (anchored on the best one)."""
+    from voice.bench_webrtc import RTP_AUDIO_RATE
+
+    if not frames:
+        return 0
+    anchor = min(arrival - rel / RTP_AUDIO_RATE for arrival, rel, _ in frames)
+    return sum(1 for arrival, rel, _ in frames if arrival - (anchor + rel / RTP_AUDIO_RATE) > LATE_OUTPUT_S)
+
+
+async def _webrtc_level_remote(n, out_dir, stagger, batch_max):
+    """N aiortc callers in this process against ``voice serve`` in its own (measured) process."""
+    from bench.webrtc_latency import service_subprocess
+    from voice.audio import read_wav
+    from voice.bench_webrtc import talk_file_webrtc_remote
+
+    inputs = []
+    for i in range(n):
+        wav = out_dir / f"s{i}.in.wav"
+        inputs.append((wav, make_conversation(i, wav)))
+    env = {"VOICE_MAX_SESSIONS": str(max(8, n)), "VOICE_STORE__ENABLED": "false"}
+    if batch_max is not None:
+        env["VOICE_ASR__BATCH_MAX"] = str(batch_max)
+    t_load = time.perf_counter()
+    async with service_subprocess(env=env) as (base_url, proc):
+        load_s = time.perf_counter() - t_load
+        rss_before = _stats(proc.pid).rss() / 2**20
+
+        async def one(i):
+            await asyncio.sleep(i * stagger)
+            return await talk_file_webrtc_remote(inputs[i][0], out_dir / f"s{i}.out.wav",
+                                                 out_dir / f"s{i}.events.jsonl", base_url)
+
+        with ResourceSampler(proc.pid) as res, ResourceSampler() as callers:
+            results = await asyncio.gather(*(one(i) for i in range(n)))
+    rows = []
+    for i, result in enumerate(results):
+        output = read_wav(result.output_path, RATE)
+        frames = result.recorder.frames if result.recorder is not None else []
+        rows.append(_session_row(i, inputs[i][1], output, [], None,
+                                 {"late": _late_packets(frames), "frames": len(frames)}, result))
+    summary = _summarize(n, "webrtc", rows, res)
+    summary.update(server="subprocess", models_load_s=round(load_s, 1), rss_before_mb=round(rss_before, 1),
+                   callers_cpu_pct=round(callers.cpu_pct, 1), asr_batch_max=batch_max, sessions=rows)
+    return summary
 
 
 def _session_row(i, spans, output, lags, underruns, late_output, result) -> dict:
@@ -400,11 +455,11 @@ def _summarize(n, transport, rows, res) -> dict:
 
 
 def run_level_subprocess(n: int, transport: str, out: Path, stagger: float, batch_max: int | None,
-                         timeout: float) -> dict:
+                         timeout: float, server: str = "subprocess") -> dict:
     level_dir = out / (f"{transport}-n{n}" + ("" if batch_max is None else f"-b{batch_max}"))
     level_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bench.load", "--level", str(n), "--transport", transport,
-           "--out", str(level_dir), "--stagger", str(stagger)]
+           "--out", str(level_dir), "--stagger", str(stagger), "--server", server]
     if batch_max is not None:
         cmd += ["--asr-batch-max", str(batch_max)]
     env = {**os.environ, "NO_TORCH_COMPILE": "1"}
@@ -427,6 +482,8 @@ def breaks_real_time(s: dict) -> bool:
 def print_row(s: dict) -> None:
     extra = (f"underrun {s['underrun_s']}s ({s['underrun_pct_of_speech']}%)" if s["transport"] == "inproc"
              else f"late out {s['late_output_pct']}%")
+    if s.get("callers_cpu_pct") is not None:
+        extra += f"  callers' CPU {s['callers_cpu_pct']}%"
     print(f"N={s['n']:<2} {s['transport']:<6} v2v p50 {s['v2v_p50']}s p90 {s['v2v_p90']}s max {s['v2v_max']}s "
           f"answered {s['answered']}/{s['questions']}  late in {s['late_input_pct']}% (lag p99 {s['input_lag_p99_worst']}s)  "
           f"{extra}  CPU {s['cpu_pct']}% (machine {s['machine_busy_pct']}%)  RSS {s['rss_before_mb']}->{s['peak_rss_mb']} MB"
@@ -440,6 +497,8 @@ def main() -> None:
     ap.add_argument("--max-n", type=int, default=None, help="stop after this N")
     ap.add_argument("--transport", choices=["inproc", "webrtc", "both"], default="inproc")
     ap.add_argument("--webrtc-max-n", type=int, default=2, help="largest N for WebRTC with --transport both")
+    ap.add_argument("--server", choices=["subprocess", "inprocess"], default="subprocess",
+                    help="WebRTC: the service as voice serve in its own process (default) or in the callers' process")
     ap.add_argument("--stagger", type=float, default=0.7, help="seconds between session starts")
     ap.add_argument("--asr-batch-max", type=int, default=None, help="override asr.batch_max (1 = no batching)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at the first N that misses real time")
@@ -455,7 +514,8 @@ def main() -> None:
 
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
-        summary = asyncio.run(_one_level(args.level, args.transport, out, args.stagger, args.asr_batch_max))
+        summary = asyncio.run(_one_level(args.level, args.transport, out, args.stagger, args.asr_batch_max,
+                                         args.server))
         (out / "level.json").write_text(json.dumps(summary, indent=2, default=str))
         return
 
@@ -468,7 +528,8 @@ def main() -> None:
         for n in levels:
             if transport == "webrtc" and args.transport == "both" and n > args.webrtc_max_n:
                 break
-            s = run_level_subprocess(n, transport, out, args.stagger, args.asr_batch_max, timeout=900)
+            s = run_level_subprocess(n, transport, out, args.stagger, args.asr_batch_max, timeout=900,
+                                     server=args.server)
             results.append(s)
             print_row(s)
             broke = breaks_real_time(s)
