@@ -117,8 +117,12 @@ def test_browser_conversation(live_url, tmp_path):
                 inbound = page.evaluate("""async () => {
                     const stats = await window.voiceApp.pc.getStats();
                     for (const s of stats.values())
-                        if (s.type === 'inbound-rtp' && s.kind === 'audio')
-                            return {packets: s.packetsReceived, bytes: s.bytesReceived, energy: s.totalAudioEnergy};
+                        if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+                            const n = s.jitterBufferEmittedCount || 1;  // the receive buffer, for bench/webrtc_latency's caller
+                            return {packets: s.packetsReceived, bytes: s.bytesReceived, energy: s.totalAudioEnergy,
+                                    jitter_buffer_ms: 1000 * s.jitterBufferDelay / n,
+                                    jitter_target_ms: 1000 * s.jitterBufferTargetDelay / n};
+                        }
                     return null;
                 }""")
             except Exception:
