@@ -116,14 +116,19 @@ async def serve_in_process(settings, runtime):
 
 
 class WavTrack(MediaStreamTrack):
-    """Outgoing microphone: silence until :meth:`play`, then the clip at wall-clock pace, then silence."""
+    """Outgoing microphone: silence until :meth:`play`, then the clip at wall-clock pace, then silence.
+
+    Frames are 48 kHz, as a browser captures: at 16 kHz, aiortc's Opus encoder
+    resamples, and its resampler's delay holds every packet back one frame
+    (20 ms) that a browser never pays.
+    """
 
     kind = "audio"
 
     def __init__(self, audio: np.ndarray):
         super().__init__()
-        self._pcm = np.frombuffer(float_to_pcm16(audio), dtype=np.int16)
-        self._n = PIPELINE_RATE * FRAME_MS // 1000
+        self._pcm = np.frombuffer(float_to_pcm16(resample(audio, PIPELINE_RATE, RTP_AUDIO_RATE)), dtype=np.int16)
+        self._n = RTP_AUDIO_RATE * FRAME_MS // 1000
         self._ts = 0
         self._start: float | None = None
         self._play_from: int | None = None  # sample index (track timeline) where the clip starts
@@ -140,11 +145,11 @@ class WavTrack(MediaStreamTrack):
         if self._start is None:
             self._start = time.monotonic()
         # Like a microphone, a frame leaves once its last sample is captured.
-        due = self._start + (self._ts + self._n) / PIPELINE_RATE
+        due = self._start + (self._ts + self._n) / RTP_AUDIO_RATE
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         if self._play_requested and self._play_from is None:
             self._play_from = self._ts
-            self.t0 = due - self._n / PIPELINE_RATE  # when the clip's first sample was "captured"
+            self.t0 = due - self._n / RTP_AUDIO_RATE  # when the clip's first sample was "captured"
         chunk = np.zeros(self._n, dtype=np.int16)
         if self._play_from is not None:
             i = self._ts - self._play_from
@@ -154,9 +159,9 @@ class WavTrack(MediaStreamTrack):
                 self.finished.set()
         frame = AudioFrame(format="s16", layout="mono", samples=self._n)
         frame.planes[0].update(chunk.tobytes())
-        frame.sample_rate = PIPELINE_RATE
+        frame.sample_rate = RTP_AUDIO_RATE
         frame.pts = self._ts
-        frame.time_base = fractions.Fraction(1, PIPELINE_RATE)
+        frame.time_base = fractions.Fraction(1, RTP_AUDIO_RATE)
         self._ts += self._n
         return frame
 
