@@ -8,6 +8,7 @@ transaction, committed before the call returns: a finished turn is on disk.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,21 @@ def safe_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, a crash never corrupts
+    cur.execute("PRAGMA busy_timeout=10000")
+    # WAL: readers never block the writer, a crash never corrupts. Switching a new
+    # database to WAL takes an exclusive lock for which SQLite does not call the busy
+    # handler, so when several processes or threads open it at once, retry briefly.
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     cur.execute("PRAGMA synchronous=FULL")  # a committed turn survives power loss too
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
 
 
