@@ -63,7 +63,7 @@ def main_make_data(args: argparse.Namespace) -> int:
     try:
         with Progress(console=Console(stderr=True)) as progress:
             bars = {t: progress.add_task(t, total=args.n) for t in tasks}
-            make_data(args.out_dir, n=args.n, seed=args.seed, tasks=tasks,
+            make_data(args.out_dir, n=args.n, seed=args.seed, tasks=tasks, speaker=args.speaker,
                       progress=lambda task, i: progress.update(bars[task], completed=i))
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -98,5 +98,7 @@ def add_bench_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argume
     mk.add_argument("--n", type=int, default=10, help="samples per task (default 10)")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--task", choices=TASK_CHOICES, default="all")
+    mk.add_argument("--speaker", choices=("espeak", "piper"), default="espeak",
+                    help="espeak-ng voices (default) or the embedded Piper voice (human-like prosody)")
     mk.set_defaults(func=main_make_data)
     return bench

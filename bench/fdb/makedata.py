@@ -26,6 +26,15 @@ Timelines (seconds; ``lead`` is 0.3-0.8 s of silence before the first word):
 - backchannel: lead, a 20-40 s monologue of sentences separated by 0.4-1.2 s
   pauses, then 1.0 s of silence. input.wav only (no human reference distribution).
 
+``speaker="piper"`` (``voice bench make-data --speaker piper``) speaks every
+sample with the embedded Piper voice instead (speed and variation drawn per
+sample): a neural voice with human-like prosody, which espeak-ng's formant
+voices lack and which Smart Turn (an acoustic model) needs to be judged on.
+A pause_handling question is then synthesized whole and cut at the word
+boundary (Whisper word times, moved to the quietest 10 ms near them), so the
+first half keeps the contour of a sentence that goes on; if the words do not
+line up, both halves are synthesized apart and ``synth.json`` says so.
+
 Every sample folder also gets ``synth.json``: the voice settings and each
 phrase's [start, end, text] (not part of FDB's layout; ignored by its scripts).
 Deterministic for a given seed: each sample draws from its own generator
@@ -245,6 +254,89 @@ class Voice:
         return {"voice": self.name, "speed_wpm": self.speed, "pitch": self.pitch, "peak": round(self.peak, 3)}
 
 
+class PiperSpeaker:
+    """The embedded Piper voice with speed, variation and level drawn from ``rng``."""
+
+    _voice = None
+    _asr = None
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.name = "piper:en_US-joe-medium"
+        self.length_scale = float(rng.uniform(0.85, 1.2))
+        self.noise_scale = float(rng.uniform(0.5, 0.8))
+        self.peak = float(rng.uniform(0.35, 0.8))
+        self.split = None  # how the last say_split cut its phrase
+
+    @classmethod
+    def _piper(cls):
+        if cls._voice is None:
+            from piper import PiperVoice
+
+            from models.weights import embedded_piper_voice
+
+            path = embedded_piper_voice()
+            cls._voice = PiperVoice.load(path, config_path=str(path) + ".json")
+        return cls._voice
+
+    def _synth(self, text: str) -> np.ndarray:
+        from piper import SynthesisConfig
+
+        from voice.audio import resample
+
+        voice = self._piper()
+        config = SynthesisConfig(length_scale=self.length_scale, noise_scale=self.noise_scale)
+        audio = np.concatenate([np.asarray(c.audio_float_array, dtype=np.float32)
+                                for c in voice.synthesize(text, syn_config=config)])
+        audio = np.nan_to_num(audio)
+        return resample(audio, voice.config.sample_rate, RATE).astype(np.float32)
+
+    def _level(self, audio: np.ndarray, peak_of: np.ndarray | None = None) -> np.ndarray:
+        ref = peak_of if peak_of is not None else audio
+        return (audio * (self.peak / max(float(np.abs(ref).max()), 1e-6))).astype(np.float32)
+
+    def say(self, text: str) -> np.ndarray:
+        return self._level(trim(self._synth(text)))
+
+    def say_split(self, first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
+        """``first + " " + second`` spoken as one sentence, cut where ``first`` ends."""
+        import re
+
+        whole = trim(self._synth(f"{first} {second}"))
+        n_first = len(re.findall(r"[A-Za-z0-9']+", first))
+        if PiperSpeaker._asr is None:
+            from models.asr import FasterWhisperTranscriber
+            from models.weights import EMBEDDED
+
+            PiperSpeaker._asr = FasterWhisperTranscriber(EMBEDDED, language="en", beam_size=1, compute_type="int8",
+                                                         cpu_threads=2, window_s=30)
+        words = PiperSpeaker._asr.transcribe_words(whole)
+        n_words = len(re.findall(r"[A-Za-z0-9']+", f"{first} {second}"))
+        if len(words) == n_words and 0 < n_first < n_words:
+            k = RATE // 100
+            # Whisper's word edges are approximate: cut at the quietest 10 ms in the last
+            # 120 ms before its end of ``first``, never after it (the next word's onset, a
+            # plosive above all, would read as one more word), with 10 ms fades (no click).
+            end = words[n_first - 1].end
+            lo = max(0, int((end - 0.12) * RATE))
+            hi = min(len(whole), int(end * RATE))
+            frames = [float(np.sqrt(np.mean(whole[i:i + k] ** 2))) for i in range(lo, max(lo + 1, hi - k), k)]
+            cut = lo + k * int(np.argmin(frames)) + k // 2
+            head, tail = whole[:cut].copy(), whole[cut:].copy()
+            head[-k:] *= np.linspace(1.0, 0.0, min(k, len(head)), dtype=np.float32)
+            tail[:k] *= np.linspace(0.0, 1.0, min(k, len(tail)), dtype=np.float32)
+            self.split = "cut at a word boundary"
+            return self._level(trim(head), whole), self._level(trim(tail), whole)
+        self.split = "halves synthesized apart (word times did not line up)"
+        return self.say(first), self.say(second)
+
+    def describe(self) -> dict[str, Any]:
+        out = {"voice": self.name, "length_scale": round(self.length_scale, 3),
+               "noise_scale": round(self.noise_scale, 3), "peak": round(self.peak, 3)}
+        if self.split:
+            out["split"] = self.split
+        return out
+
+
 class Timeline:
     """Speech and silence laid end to end; phrase edges are exact sample positions."""
 
@@ -294,11 +386,15 @@ def _pick(bank: tuple, seed: int, task: str, index: int) -> Any:
 
 def pause_sample(rng: np.random.Generator, voice: Voice, item: tuple[str, str]) -> tuple[Timeline, dict]:
     first, second = item
+    if hasattr(voice, "say_split"):
+        first_audio, second_audio = voice.say_split(first, second)
+    else:
+        first_audio, second_audio = voice.say(first), voice.say(second)
     tl = Timeline()
     tl.silence(rng.uniform(0.3, 0.8))
-    _, s = tl.speak(voice.say(first), first)
+    _, s = tl.speak(first_audio, first)
     tl.silence(rng.uniform(1.0, 2.0))
-    e, _ = tl.speak(voice.say(second), second)
+    e, _ = tl.speak(second_audio, second)
     tl.silence(PAUSE_TAIL_S)
     return tl, {"pause.json": [{"text": "[PAUSE]", "timestamp": [round(s, 4), round(e, 4)]}]}
 
@@ -352,10 +448,16 @@ def backchannel_sample(rng: np.random.Generator, voice: Voice, first: int) -> tu
     return tl, {}
 
 
-def make_sample(task: str, index: int, seed: int, agent_start: AgentStart | None = None) -> tuple[np.ndarray, dict]:
+SPEAKERS = ("espeak", "piper")
+
+
+def make_sample(task: str, index: int, seed: int, agent_start: AgentStart | None = None,
+                speaker: str = "espeak") -> tuple[np.ndarray, dict]:
     """(input audio, {file name: JSON}) of one synthetic sample."""
+    if speaker not in SPEAKERS:
+        raise BenchError(f"unknown speaker {speaker!r}; choose from {', '.join(SPEAKERS)}")
     rng = np.random.default_rng([seed, _TASK_INDEX[task], index])
-    voice = Voice(rng)
+    voice = Voice(rng) if speaker == "espeak" else PiperSpeaker(rng)
     if task == "pause_handling":
         tl, files = pause_sample(rng, voice, _pick(PAUSE_QUESTIONS, seed, task, index))
     elif task == "smooth_turn_taking":
@@ -379,7 +481,8 @@ def make_sample(task: str, index: int, seed: int, agent_start: AgentStart | None
 
 
 def make_data(out_dir: str | Path, n: int = 10, seed: int = 0, tasks: tuple[str, ...] | list[str] = MAKE_TASKS,
-              agent_start: AgentStart | None = None, progress: Callable[[str, int], None] | None = None) -> Path:
+              agent_start: AgentStart | None = None, progress: Callable[[str, int], None] | None = None,
+              speaker: str = "espeak") -> Path:
     """Write ``n`` samples per task under ``out_dir/<task>/<1..n>/``; return ``out_dir``.
 
     ``agent_start(audio) -> seconds | None``: optional; given the 16 kHz
@@ -393,7 +496,7 @@ def make_data(out_dir: str | Path, n: int = 10, seed: int = 0, tasks: tuple[str,
     out = Path(out_dir)
     for task in tasks:
         for i in range(n):
-            audio, files = make_sample(task, i, seed, agent_start)
+            audio, files = make_sample(task, i, seed, agent_start, speaker)
             d = out / task / str(i + 1)
             d.mkdir(parents=True, exist_ok=True)
             write_wav(d / "input.wav", audio, RATE)
