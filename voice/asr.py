@@ -29,6 +29,7 @@ class StreamingASRProcessor(FrameProcessor):
         super().__init__(**kwargs)
         self._asr = transcriber
         self._executor = executor
+        self._pending: set[asyncio.Task] = set()
         self._partial_interval = partial_interval_s
         self._max_samples = int(max_turn_s * PIPELINE_RATE)
         self._buf: list[np.ndarray] = []
@@ -106,6 +107,14 @@ class StreamingASRProcessor(FrameProcessor):
 
     def _start_decode(self, until: float, final: bool) -> None:
         self._decoding = self.create_task(self._decode(until, final), name="asr-decode")
+        self._pending.add(self._decoding)
+        self._decoding.add_done_callback(self._pending.discard)
+
+    async def cleanup(self):
+        """A session that ends mid-decode leaves no task behind (the executor's call just finishes)."""
+        await super().cleanup()
+        for task in list(self._pending):
+            await self.cancel_task(task)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)

@@ -24,6 +24,7 @@ class SmartTurnProcessor(FrameProcessor):
         # needed(text) -> bool: does the controller need the model for this transcript?
         self._needed = needed
         self._pause_end: float | None = None  # the pause still waiting for its transcript
+        self._pending: set[asyncio.Task] = set()
         self._ring = np.zeros(int((WINDOW_S + 1.0) * PIPELINE_RATE), dtype=np.int16)
         self._samples = 0  # input clock
 
@@ -71,5 +72,13 @@ class SmartTurnProcessor(FrameProcessor):
             # The analysis executor runs the ASR first anyway: waiting for its text costs nothing.
             end, self._pause_end = self._pause_end, None
             if frame.error or self._needed(frame.text):
-                self.create_task(self._predict(end), name="smart-turn")
+                task = self.create_task(self._predict(end), name="smart-turn")
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
         await self.push_frame(frame, direction)
+
+    async def cleanup(self):
+        """A session that ends mid-prediction leaves no task behind."""
+        await super().cleanup()
+        for task in list(self._pending):
+            await self.cancel_task(task)
