@@ -31,7 +31,8 @@ _DONE = object()
 class LocalLLMService(LLMService):
     """Streams a GGUF model's reply token by token, generation in a worker thread."""
 
-    def __init__(self, llm: LocalLLM, *, system_prompt: str, max_tokens: int, temperature: float, **kwargs):
+    def __init__(self, llm: LocalLLM, *, system_prompt: str, max_tokens: int, temperature: float,
+                 executor=None, **kwargs):
         super().__init__(settings=LLMSettings(
             model="local-gguf", system_instruction=None, temperature=temperature, max_tokens=max_tokens,
             top_p=None, top_k=None, frequency_penalty=None, presence_penalty=None, seed=None,
@@ -40,6 +41,7 @@ class LocalLLMService(LLMService):
         self._system_prompt = system_prompt
         self._max_tokens = max_tokens
         self._temperature = temperature
+        self._executor = executor  # where the generation thread runs (None: the loop's default)
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -72,7 +74,7 @@ class LocalLLMService(LLMService):
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
-        worker = loop.run_in_executor(None, produce)
+        worker = loop.run_in_executor(self._executor, produce)
         try:
             await self.start_ttfb_metrics()
             first = True
@@ -149,7 +151,7 @@ class EndpointLLMService(OpenAILLMService):
                            timeout=self._timeout_s, max_retries=0)
 
 
-def make_llm_service(settings, local_llm: LocalLLM | None) -> LLMService:
+def make_llm_service(settings, local_llm: LocalLLM | None, executor=None) -> LLMService:
     s = settings.llm
     if s.backend == "openai":
         return EndpointLLMService(
@@ -160,4 +162,4 @@ def make_llm_service(settings, local_llm: LocalLLM | None) -> LLMService:
         )
     assert local_llm is not None
     return LocalLLMService(local_llm, system_prompt=s.system_prompt, max_tokens=s.max_tokens,
-                           temperature=s.temperature)
+                           temperature=s.temperature, executor=executor)

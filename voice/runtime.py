@@ -27,6 +27,12 @@ class Runtime:
     # Pause-time analysis (ASR, then Smart Turn) runs here in arrival order: on
     # 2 cores, two models at once make both slower than one after the other.
     analysis: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="analysis"))
+    # Blocking reply work (a reply's whole LLM generation, each Piper chunk) runs here, not on
+    # the event loop's default executor: that one has cpu_count + 4 threads (6 on 2 cores), and
+    # aiortc encodes every outgoing Opus frame on it, so a few long generations there delayed
+    # every session's audio packets.
+    reply_threads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="reply"))
     native_spec: str = "moshi"
     _native: object = None
     _native_lock: threading.Lock = field(default_factory=threading.Lock)

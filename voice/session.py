@@ -65,10 +65,10 @@ def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
         engine = [NativeDuplexProcessor(runtime.native_model(), events)]
     else:
         engine = [
-            make_llm_service(settings, runtime.local_llm),
+            make_llm_service(settings, runtime.local_llm, executor=runtime.reply_threads),
             LLMTap(conversation, events),
             ClauseChunker(),
-            PiperTTSService(runtime.synth),
+            PiperTTSService(runtime.synth, executor=runtime.reply_threads),
         ]
     guard = EchoGuard(events.clock, ratio=settings.vad.echo_ratio) if echo_guard else None
     pipeline = Pipeline([

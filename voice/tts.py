@@ -96,11 +96,12 @@ class ClauseChunker(FrameProcessor):
 class PiperTTSService(TTSService):
     """Piper in-process with a voice loaded once per process (pipecat's loads one per service)."""
 
-    def __init__(self, synth: PiperSynth, **kwargs):
+    def __init__(self, synth: PiperSynth, *, executor=None, **kwargs):
         super().__init__(push_start_frame=True, push_stop_frames=True,
                          text_aggregation_mode=TextAggregationMode.TOKEN,
                          settings=TTSSettings(model=None, voice="piper", language=None), **kwargs)
         self._synth = synth
+        self._executor = executor  # where each chunk's synthesis runs (None: the loop's default)
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -116,7 +117,7 @@ class PiperTTSService(TTSService):
 
         async def chunks():
             while True:
-                chunk = await asyncio.to_thread(next_chunk)
+                chunk = await asyncio.get_running_loop().run_in_executor(self._executor, next_chunk)
                 if chunk is None:
                     return
                 yield chunk
