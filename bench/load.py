@@ -93,6 +93,15 @@ def make_conversation(i: int, path: Path, turns: int = 3) -> list[tuple[float, f
     return spans
 
 
+def _make_inputs(n: int, out_dir: Path) -> list[tuple[Path, list[tuple[float, float]]]]:
+    """Session i's conversation as s{i}.in.wav, with its question spans."""
+    inputs = []
+    for i in range(n):
+        wav = out_dir / f"s{i}.in.wav"
+        inputs.append((wav, make_conversation(i, wav)))
+    return inputs
+
+
 def voice_to_voice(output: np.ndarray, spans: list[tuple[float, float]]) -> list[float | None]:
     """Per question: first agent sound after its end (before the next question starts) minus its end."""
     out = []
@@ -241,10 +250,7 @@ async def _one_level(n: int, transport: str, out_dir: Path, stagger: float, batc
     t_load = time.perf_counter()
     runtime = shared_runtime(settings)
     load_s = time.perf_counter() - t_load
-    inputs = []
-    for i in range(n):
-        wav = out_dir / f"s{i}.in.wav"
-        inputs.append((wav, make_conversation(i, wav)))
+    inputs = _make_inputs(n, out_dir)
     rss_before = stats.rss() / 2**20
 
     sessions_seen = []
@@ -329,21 +335,12 @@ async def _webrtc_level(n, inputs, out_dir, settings, runtime, stagger):
         audio_s = len(read_wav(inputs[i][0], RATE)) / RATE
         out, _ = run["recorder"].render(run["t0"], audio_s)
         write_wav(out_dir / f"s{i}.out.wav", out, RATE)
-        frames = run["recorder"].frames
+        recorder = run["recorder"]
         probe = probes.get(run["session"].id)
         rows.append(_session_row(i, inputs[i][1], out, probe.lags if probe else [], None,
-                                 {"late": _late_packets(frames), "frames": len(frames)}, None))
+                                 {"late": recorder.late_frames(LATE_OUTPUT_S), "frames": len(recorder.frames)},
+                                 None))
     return rows, res
-
-
-def _late_packets(frames) -> int:
-    """Received packets more than LATE_OUTPUT_S after their RTP playout time (anchored on the best one)."""
-    from voice.bench_webrtc import RTP_AUDIO_RATE
-
-    if not frames:
-        return 0
-    anchor = min(arrival - rel / RTP_AUDIO_RATE for arrival, rel, _ in frames)
-    return sum(1 for arrival, rel, _ in frames if arrival - (anchor + rel / RTP_AUDIO_RATE) > LATE_OUTPUT_S)
 
 
 async def _webrtc_level_remote(n, out_dir, stagger, batch_max):
@@ -352,10 +349,7 @@ async def _webrtc_level_remote(n, out_dir, stagger, batch_max):
     from voice.audio import read_wav
     from voice.bench_webrtc import talk_file_webrtc_remote
 
-    inputs = []
-    for i in range(n):
-        wav = out_dir / f"s{i}.in.wav"
-        inputs.append((wav, make_conversation(i, wav)))
+    inputs = _make_inputs(n, out_dir)
     env = {"VOICE_MAX_SESSIONS": str(max(8, n)), "VOICE_STORE__ENABLED": "false"}
     if batch_max is not None:
         env["VOICE_ASR__BATCH_MAX"] = str(batch_max)
@@ -374,9 +368,10 @@ async def _webrtc_level_remote(n, out_dir, stagger, batch_max):
     rows = []
     for i, result in enumerate(results):
         output = read_wav(result.output_path, RATE)
-        frames = result.recorder.frames if result.recorder is not None else []
+        recorder = result.recorder
         rows.append(_session_row(i, inputs[i][1], output, [], None,
-                                 {"late": _late_packets(frames), "frames": len(frames)}, result))
+                                 {"late": recorder.late_frames(LATE_OUTPUT_S), "frames": len(recorder.frames)},
+                                 result))
     summary = _summarize(n, "webrtc", rows, res)
     summary.update(server="subprocess", models_load_s=round(load_s, 1), rss_before_mb=round(rss_before, 1),
                    callers_cpu_pct=round(callers.cpu_pct, 1), asr_batch_max=batch_max, sessions=rows)

@@ -211,12 +211,23 @@ class Recorder:
             with contextlib.suppress(BaseException):
                 await self.task
 
+    def _anchor(self) -> float:
+        """Monotonic time of RTP position 0 as the earliest-arriving frame places it."""
+        return min(arrival - rel / RTP_AUDIO_RATE for arrival, rel, _ in self.frames)
+
+    def late_frames(self, limit_s: float) -> int:
+        """Frames that arrived more than ``limit_s`` after their playout time (anchored on the best one)."""
+        if not self.frames:
+            return 0
+        anchor = self._anchor()
+        return sum(1 for arrival, rel, _ in self.frames if arrival - (anchor + rel / RTP_AUDIO_RATE) > limit_s)
+
     def render(self, t0: float, min_seconds: float) -> tuple[np.ndarray, float | None]:
         """16 kHz mono on the input clock (t0 = monotonic time of input t=0); also the playout delay used."""
         length = int(round(min_seconds * RTP_AUDIO_RATE))
         if not self.frames:
             return np.zeros(int(round(min_seconds * OUTPUT_RATE)), dtype=np.float32), None
-        anchor = min(arrival - rel / RTP_AUDIO_RATE for arrival, rel, _ in self.frames)
+        anchor = self._anchor()
         placed = []
         for _, rel, mono in self.frames:
             start = int(round((anchor - t0) * RTP_AUDIO_RATE)) + rel

@@ -250,6 +250,10 @@ class Voice:
         audio = trim(synthesize(text, self.name, self.speed, self.pitch))
         return (audio * (self.peak / max(float(np.abs(audio).max()), 1e-6))).astype(np.float32)
 
+    def say_split(self, first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
+        """The two halves of a paused sentence (espeak-ng: each synthesized on its own)."""
+        return self.say(first), self.say(second)
+
     def describe(self) -> dict[str, Any]:
         return {"voice": self.name, "speed_wpm": self.speed, "pitch": self.pitch, "peak": round(self.peak, 3)}
 
@@ -270,12 +274,9 @@ class PiperSpeaker:
     @classmethod
     def _piper(cls):
         if cls._voice is None:
-            from piper import PiperVoice
+            from models.tts import PiperSynth
 
-            from models.weights import embedded_piper_voice
-
-            path = embedded_piper_voice()
-            cls._voice = PiperVoice.load(path, config_path=str(path) + ".json")
+            cls._voice = PiperSynth().voice
         return cls._voice
 
     def _synth(self, text: str) -> np.ndarray:
@@ -304,11 +305,10 @@ class PiperSpeaker:
         whole = trim(self._synth(f"{first} {second}"))
         n_first = len(re.findall(r"[A-Za-z0-9']+", first))
         if PiperSpeaker._asr is None:
-            from models.asr import FasterWhisperTranscriber
-            from models.weights import EMBEDDED
+            from models.asr import load_transcriber
+            from voice.settings import ASRSettings
 
-            PiperSpeaker._asr = FasterWhisperTranscriber(EMBEDDED, language="en", beam_size=1, compute_type="int8",
-                                                         cpu_threads=2, window_s=30)
+            PiperSpeaker._asr = load_transcriber(ASRSettings())
         words = PiperSpeaker._asr.transcribe_words(whole)
         n_words = len(re.findall(r"[A-Za-z0-9']+", f"{first} {second}"))
         if len(words) == n_words and 0 < n_first < n_words:
@@ -386,10 +386,7 @@ def _pick(bank: tuple, seed: int, task: str, index: int) -> Any:
 
 def pause_sample(rng: np.random.Generator, voice: Voice, item: tuple[str, str]) -> tuple[Timeline, dict]:
     first, second = item
-    if hasattr(voice, "say_split"):
-        first_audio, second_audio = voice.say_split(first, second)
-    else:
-        first_audio, second_audio = voice.say(first), voice.say(second)
+    first_audio, second_audio = voice.say_split(first, second)
     tl = Timeline()
     tl.silence(rng.uniform(0.3, 0.8))
     _, s = tl.speak(first_audio, first)
