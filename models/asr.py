@@ -89,11 +89,15 @@ class FasterWhisperTranscriber:
         # Bounded by speech rate (people say < 6 tokens/s) and no repeated 4-grams:
         # greedy whisper on short clips can otherwise loop on the same phrase.
         bounds = [8 + int(6 * len(a) / SAMPLE_RATE) for a in audios]
+        # CTranslate2's Whisper decodes at most max_length // 2 tokens (whisper's
+        # sample_len = n_text_ctx // 2), prompt included: ask for twice what may come,
+        # timestamp tokens too (two per segment), or long turns lose their last words.
+        max_length = 2 * (len(self._prompt) + max(bounds) + 2 * (1 + max(bounds) // 8))
         with self._lock:
             enc = self._model.model.encode(x, to_cpu=False)
             results = self._model.model.generate(
                 enc, [self._prompt] * len(audios), beam_size=self._beam,
-                max_length=len(self._prompt) + max(bounds), no_repeat_ngram_size=4,
+                max_length=max_length, no_repeat_ngram_size=4,
                 suppress_blank=True, suppress_tokens=self._suppress, return_no_speech_prob=True,
                 return_scores=True,
             )

@@ -81,3 +81,21 @@ async def test_streaming_asr_awaits_the_batcher(whisper, clips):
 def test_runtime_wraps_the_transcriber(runtime, settings):
     if settings.asr.batch_max > 1:
         assert isinstance(runtime.transcriber, BatchingTranscriber)
+
+
+LONG_TURNS = [
+    "How long should I boil an egg if I want the yolk to stay a little bit runny in the middle?",
+    "I was wondering whether you could tell me the best way to get from the station to the big fish market.",
+]
+
+
+@pytest.mark.parametrize("text", LONG_TURNS)
+def test_a_long_turn_keeps_its_last_words(whisper, tmp_path, text):
+    # CTranslate2 decodes at most half of max_length: a bound that forgot it cut
+    # 5-6 s turns off after 15-20 tokens, and the agent answered half a question.
+    clip = read_wav(speak(text, tmp_path / "long.wav", speed=150, lead_s=0.2, tail_s=0.3), 16000)
+    assert len(clip) / 16000 > 4.5
+    heard = [w.strip(".,?!").lower() for w in whisper.transcribe(clip).split()]
+    wanted = [w.strip(".,?!").lower() for w in text.split()]
+    assert heard[-3:] == wanted[-3:], heard
+    assert whisper.transcribe_batch([clip, clip]) == [whisper.transcribe(clip)] * 2
