@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voice.turn.completeness import completeness, is_question
+from voice.turn.completeness import completeness, is_question, is_request
 from voice.turn.controller import State, TurnConfig, TurnController, is_backchannel
 
 
@@ -61,6 +61,25 @@ def test_text_cues():
     assert completeness("The moon is far away.") < completeness("How far away is the moon.")
     assert is_backchannel("Yeah.") and is_backchannel("uh-huh") and is_backchannel("I see")
     assert not is_backchannel("Yeah but what about Paris?") and not is_backchannel("")
+
+
+def test_everyday_questions_ending_on_a_pronoun_or_verb_are_not_cut_offs():
+    # "you", "do", "that", "for" end everyday questions; a "?" leaves them open, and
+    # a confident Smart Turn makes them complete: the short wait, not 2.5 s.
+    for q in ("How are you?", "What should I do?", "Can you help me with that?", "Who is it for?"):
+        d = Driver().speak(1.5)
+        end = d.t
+        d.advance(0.2).transcript(q, smart_p=0.9).advance(1.0)
+        assert abs(d.first("confirm").data["t"] - end - 0.45) <= 0.021, q
+        # Unpunctuated, or heard as a cut-off by Smart Turn: the turn is not over yet.
+        assert completeness(q.rstrip("?")) < 0.2
+        assert Driver().c.required_wait(q, 0.1) == 2.5, "Smart Turn hears a cut-off: the long wait"
+    # Articles, conjunctions, "to": a "?" from the recogniser changes nothing.
+    for cut in ("What do you think is the best time to?", "Is it better to rent or?", "Can I get a?"):
+        assert completeness(cut) < 0.2, cut
+    assert 0.2 < completeness("I think so.") < completeness("I think so?") < completeness("Where is Rome?")
+    assert is_request("I was wondering if you could help me with my homework.")
+    assert is_request("I'd love a good recipe for pancakes.") and not is_request("I loved the pancakes.")
 
 
 def test_complete_question_short_wait_with_speculation_confirmed():

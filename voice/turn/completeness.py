@@ -4,22 +4,39 @@ from __future__ import annotations
 
 import re
 
-# A turn that stops on one of these is almost never finished.
-TRAILING_CONTINUATIONS = {
-    "and", "but", "or", "so", "because", "cause", "if", "then", "that", "which", "who",
-    "when", "where", "while", "with", "to", "of", "for", "in", "on", "at", "from", "about",
-    "the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "this", "these",
-    "is", "are", "was", "were", "be", "i", "we", "you", "they", "he", "she", "it's",
-    "um", "uh", "er", "erm", "hmm", "like", "maybe", "also", "just", "than", "as",
-    "should", "could", "would", "can", "will", "do", "does", "did", "what's", "how",
+# A turn that stops on one of these is almost never finished, whatever the
+# recogniser's punctuation says (it often puts "?" or "." on a cut-off clause:
+# "...is the best time to?").
+STRONG_CONTINUATIONS = {
+    "and", "but", "or", "because", "cause", "if", "than", "whether", "to", "of", "between",
+    "the", "a", "an", "my", "your", "our", "their", "its", "it's", "what's", "as",
+    "um", "uh", "er", "erm", "hmm",
 }
-FILLERS = {"um", "uh", "er", "erm", "hmm", "mm"}
+# These usually continue the turn too, but also end everyday questions and
+# statements ("How are you?", "What should I do?", "Who is it for?", "I think so."):
+# unfinished when unpunctuated, open (left to Smart Turn) when punctuated.
+WEAK_CONTINUATIONS = {
+    "so", "then", "that", "which", "who", "when", "where", "while", "with", "for", "in", "on",
+    "at", "from", "about", "this", "these", "is", "are", "was", "were", "be", "i", "we", "you",
+    "they", "he", "she", "like", "maybe", "also", "just", "should", "could", "would", "can",
+    "will", "do", "does", "did", "how",
+}
 
 _WORD = re.compile(r"[a-z']+")
 
 
 def last_words(text: str, n: int = 2) -> list[str]:
     return _WORD.findall(text.lower())[-n:]
+
+
+def ends_open(text: str) -> bool:
+    """A punctuated turn that stops on a word that may or may not end it ("...do?", "...you.").
+
+    The words cannot settle it; the caller should let the acoustic model decide.
+    """
+    stripped = text.strip()
+    words = last_words(stripped, 1)
+    return bool(words) and words[0] in WEAK_CONTINUATIONS and stripped.endswith(("?", ".", "!"))
 
 
 def completeness(text: str) -> float:
@@ -30,7 +47,13 @@ def completeness(text: str) -> float:
     words = last_words(stripped, 1)
     if stripped.endswith(("...", "…", ",", "-", "—")):
         return 0.1
-    if words and words[0] in TRAILING_CONTINUATIONS:
+    if words and words[0] in STRONG_CONTINUATIONS:
+        return 0.15
+    if words and words[0] in WEAK_CONTINUATIONS:
+        if stripped.endswith("?"):
+            return 0.6   # "What should I do?" or a cut-off "...how long I should?"
+        if stripped.endswith((".", "!")):
+            return 0.5
         return 0.15
     if stripped.endswith(("?", "!")):
         return 0.95
@@ -79,8 +102,9 @@ def is_question(text: str) -> bool:
 
 _REQUEST_START = re.compile(
     r"^(please|tell|give|show|find|set|play|call|book|help|remind|explain|describe|recommend|suggest|"
-    r"let's|lets|let me know|i'd like|i would like|i want|i need|i'm looking for|can you|could you|"
-    r"would you|will you|what about|how about)\b")
+    r"let's|lets|let me know|i'd like|i would like|i'd love|i would love|i want|i need|i'm looking for|"
+    r"i am looking for|i was wondering|i wonder|i'm trying to|i am trying to|any idea|any ideas|"
+    r"can you|could you|would you|will you|what about|how about)\b")
 
 
 def is_request(text: str) -> bool:

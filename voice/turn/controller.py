@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from voice.turn.completeness import completeness, is_request
+from voice.turn.completeness import completeness, ends_open, is_request
 
 
 class State(str, Enum):
@@ -116,6 +116,8 @@ class TurnController:
             return min(c, smart_p if smart_p is not None else c)  # a trailing "and"/"um" wins
         if smart_p is None:
             return c
+        if ends_open(text):
+            return smart_p  # "What should I do?" or a cut-off "...whether I should.": prosody decides
         w = self.config.smart_turn_weight
         return w * smart_p + (1 - w) * c
 
