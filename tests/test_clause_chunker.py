@@ -64,3 +64,33 @@ def test_first_piece_ends_before_a_number():
 def test_a_number_early_in_the_reply_stays_in_the_first_piece():
     pieces = _chunks(_tok("It is 5 o'clock in the evening, so dinner is soon."))
     assert pieces[0].split()[:3] == ["It", "is", "5"]
+
+
+def test_first_piece_does_not_wait_for_the_token_after_its_punctuation():
+    chunker = ClauseChunker()
+    out: list[str] = []
+
+    async def capture(frame, direction=FrameDirection.DOWNSTREAM):
+        if isinstance(frame, LLMTextFrame):
+            out.append(frame.text.strip())
+
+    chunker.push_frame = capture
+    seen_after: dict[str, list[str]] = {}
+
+    async def run(tokens):
+        await chunker.process_frame(LLMFullResponseStartFrame(), FrameDirection.DOWNSTREAM)
+        for t in tokens:
+            await chunker.process_frame(LLMTextFrame(t), FrameDirection.DOWNSTREAM)
+            seen_after[t] = list(out)
+        await chunker.process_frame(LLMFullResponseEndFrame(), FrameDirection.DOWNSTREAM)
+
+    asyncio.run(run(["A", " backpack", ",", " a", " tent", ",", " and", " food", "."]))
+    assert seen_after[","] == ["A backpack,"], "the first piece goes at its comma"
+    assert out == ["A backpack,", "a tent, and food."]
+    # A full stop that may belong to a number or an abbreviation waits for the next token.
+    out.clear()
+    asyncio.run(run(["It", " is", " 3", ".", "5", " km", "."]))
+    assert out[0] != "It is 3." and "".join(out).replace(" ", "") == "Itis3.5km."
+    out.clear()
+    asyncio.run(run(["Ask", " Dr.", " Lee", "."]))
+    assert seen_after[" Dr."] == []

@@ -20,6 +20,8 @@ from models.tts import PiperSynth
 
 _CLAUSE_END = re.compile(r"([.!?]+[\"')\]]*\s)|([,;:]\s)")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s")
+_ENDS_ON_PUNCTUATION = re.compile(r"(?<![0-9])(?:[.!?]+[\"')\]]*|[,;:])$")
+_ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e.", "no."}
 _NUMBER_START = set("0123456789$£€")
 _MIN_BEFORE_NUMBER = 3  # "It is 5 o'clock." stays whole; "A year is | 365 days" is cut
 
@@ -57,6 +59,20 @@ class ClauseChunker(FrameProcessor):
             return complete[self._first_words - 1].end()
         return None
 
+    def _punctuated_end(self) -> int | None:
+        """The first piece may end on the punctuation that closes the buffer.
+
+        Later pieces wait for the next token to see the space after a comma or a
+        full stop; the first one cannot afford that token (20 ms), unless the mark
+        may belong to a number ("3." of "3.5") or an abbreviation ("Dr.").
+        """
+        words = self._buf.split()
+        if len(words) < 2 or not _ENDS_ON_PUNCTUATION.search(self._buf):
+            return None
+        if words[-1].lower().strip("\"')]") in _ABBREVIATIONS:
+            return None
+        return len(self._buf)
+
     async def _flush(self) -> None:
         text = self._buf.strip()
         self._buf = ""
@@ -76,7 +92,7 @@ class ClauseChunker(FrameProcessor):
                         cut = m.end()
                         break
                 if cut is None and self._first:
-                    cut = self._first_cut()
+                    cut = self._first_cut() or self._punctuated_end()
                 if cut is None:
                     break
                 piece, self._buf = self._buf[:cut], self._buf[cut:]
