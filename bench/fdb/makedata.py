@@ -16,7 +16,8 @@ Timelines (seconds; ``lead`` is 0.3-0.8 s of silence before the first word):
   stops right after the user finishes because FDB scores take-over on the whole
   output, which is as long as the input: a reply *after* the question would
   otherwise count as taking over during the pause.
-- smooth_turn_taking: lead, a complete question, then 5.5-6.5 s of silence.
+- smooth_turn_taking: lead, a complete question (every third sample a
+  statement or a request), then 5.5-6.5 s of silence.
   turn_taking.json = [end of the question, end of the file].
 - user_interruption: lead, a question, 3.0-4.0 s of silence in which the agent
   answers, an interrupting phrase, then 5.0-6.0 s of silence. The interruption
@@ -98,6 +99,25 @@ QUESTIONS = (
     "What is the easiest houseplant for someone who forgets to water?",
     "How can I save a little money on groceries each week?",
     "What should I do if my car battery dies in the morning?",
+)
+
+# Turns that end on a statement or a request, as many real turns do: the agent is
+# expected to answer, though no question was asked.
+STATEMENTS = (
+    "My flight to Denver was cancelled this morning.",
+    "I have a job interview tomorrow and I am really nervous.",
+    "The heating in my apartment stopped working last night.",
+    "I think my sourdough starter has gone bad.",
+    "My daughter wants a puppy for her birthday.",
+    "I just moved to a new city and I don't know anyone yet.",
+    "My tomato plants have yellow spots on the leaves.",
+    "I keep waking up at three in the morning.",
+    "We are going camping this weekend for the first time.",
+    "My laptop gets really hot when I watch videos.",
+    "I forgot my best friend's birthday yesterday.",
+    "I would like to book a table for two at seven tonight.",
+    "I need a present for my sister's graduation.",
+    "Please remind me to call the dentist on Monday.",
 )
 
 # (first half ending on an incomplete clause, second half)
@@ -458,7 +478,9 @@ def make_sample(task: str, index: int, seed: int, agent_start: AgentStart | None
     if task == "pause_handling":
         tl, files = pause_sample(rng, voice, _pick(PAUSE_QUESTIONS, seed, task, index))
     elif task == "smooth_turn_taking":
-        tl, files = turn_taking_sample(rng, voice, _pick(QUESTIONS, seed, task, index))
+        # Every third turn ends on a statement or a request rather than a question.
+        bank = STATEMENTS if index % 3 == 2 else QUESTIONS
+        tl, files = turn_taking_sample(rng, voice, _pick(bank, seed, task, index))
     elif task == "user_interruption":
         tl, files = interruption_sample(rng, voice, _pick(QUESTIONS, seed, task, index),
                                         _pick(INTERRUPTIONS, seed, task, index), agent_start)
