@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import queue
 import re
+import threading
 from collections.abc import Iterator
 
 from models.cpu import SpeechFirst
@@ -65,6 +66,11 @@ class LocalLLM:
             raise WeightsNotFound("backend llama-cpp needs: pip install llama-cpp-python") from None
         path = embedded_gemma_gguf() if model_path == EMBEDDED else local_file(model_path, "GGUF model", (".gguf",))
         first = Llama(model_path=str(path), n_ctx=context_tokens, n_threads=threads, n_batch=256, verbose=False)
+        # A lone reply generates on ``threads`` threads; while several generate at once
+        # each drops to one, since llama.cpp's threads spin and would crowd each other out.
+        self.threads = threads
+        self._generating = 0
+        self._count_lock = threading.Lock()
         self.contexts = [first] + [_sibling_context(first) for _ in range(max(1, instances) - 1)]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for ctx in self.contexts:
@@ -103,6 +109,9 @@ class LocalLLM:
     def _generate(self, ctx, prompt: str, *, max_tokens: int, temperature: float,
                   max_sentences: int) -> Iterator[str]:
         text = ""
+        with self._count_lock:
+            self._generating += 1
+        threads = None
         chunks = ctx.create_completion(
             prompt, max_tokens=max_tokens, temperature=temperature, top_p=0.9,
             repeat_penalty=1.1, stop=STOP, stream=True,
@@ -111,6 +120,10 @@ class LocalLLM:
             while True:
                 if text:  # the first token is never held back: the synthesis waits for it
                     self.speech_first.wait_turn()
+                wanted = self.threads if self._generating == 1 else 1
+                if wanted != threads:  # between tokens, on the generating thread: safe
+                    ctx._ctx.set_n_threads(wanted, ctx.n_threads_batch)
+                    threads = wanted
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
@@ -125,6 +138,8 @@ class LocalLLM:
                     return
         finally:
             chunks.close()  # ends llama.cpp's generation before the context is handed to another reply
+            with self._count_lock:
+                self._generating -= 1
 
 
 def _sibling_context(llm):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import llama_cpp
+
 from models.llm import LocalLLM, build_prompt
 
 SYSTEM = "You are Joe, a friendly voice assistant."
@@ -20,10 +22,11 @@ def test_two_contexts_share_one_model_and_answer_at_once_like_one():
     expected = {q: _reply(single, q) for q in questions}
     assert all(expected.values())
 
-    pool = LocalLLM(threads=1, instances=2)
+    pool = LocalLLM(threads=2, instances=2)
     first, second = pool.contexts
     assert second._model is first._model and second._ctx is not first._ctx  # weights loaded once
     got: dict[str, str] = {}
+    threads_seen: list[int] = []
     inside = threading.Barrier(2, timeout=60)
 
     def ask(q: str) -> None:
@@ -31,6 +34,8 @@ def test_two_contexts_share_one_model_and_answer_at_once_like_one():
         pieces = pool.stream(prompt, max_tokens=24, temperature=0.0)
         text = next(pieces)
         inside.wait()  # both replies are generating at the same time, each in its own context
+        text += next(pieces, "")
+        threads_seen.extend(llama_cpp.llama_n_threads(c._ctx.ctx) for c in pool.contexts)
         got[q] = text + "".join(pieces)
 
     threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
@@ -39,6 +44,9 @@ def test_two_contexts_share_one_model_and_answer_at_once_like_one():
     for t in threads:
         t.join(120)
     assert got == expected  # greedy decoding: the same words as one context alone
+    assert set(threads_seen) == {1}, "replies generating at once use one thread each"
+    assert _reply(pool, questions[0]) == expected[questions[0]]
+    assert 2 in {llama_cpp.llama_n_threads(c._ctx.ctx) for c in pool.contexts}, "a lone reply uses both"
 
 
 def test_a_reply_closed_early_frees_its_context():

@@ -64,9 +64,10 @@ class LLMSettings(BaseModel):
     # Tools the model may call. None exist yet and none are registered with the
     # LLM service, so any tool call an endpoint returns is refused (see voice/llm.py).
     allowed_tools: list[str] = []
-    # One thread measured best end to end on 2 cores: generation then leaves a
-    # core to Piper, which synthesises the first clause while the LLM goes on.
-    threads: int = Field(1, ge=1)
+    # Threads of a reply that generates alone (the first clause is what the caller
+    # waits for); replies that generate at once use one thread each. Piper gets the
+    # cores anyway: generation pauses while it synthesises (models/cpu.py).
+    threads: int = Field(2, ge=1)
     context_tokens: int = Field(2048, ge=256)
     # llama.cpp contexts over the one memory-mapped model: replies that generate at once
     # (more sessions wait for a free one). Each costs its KV cache, about 60 MB here.
