@@ -75,9 +75,12 @@ def test_everyday_questions_ending_on_a_pronoun_or_verb_are_not_cut_offs():
         assert completeness(q.rstrip("?")) < 0.2
         assert Driver().c.required_wait(q, 0.1) == 2.5, "Smart Turn hears a cut-off: the long wait"
     # Articles, conjunctions, "to": a "?" from the recogniser changes nothing.
-    for cut in ("What do you think is the best time to?", "Is it better to rent or?", "Can I get a?"):
+    for cut in ("What do you think is the best time to?", "Is it better to rent or?", "Can I get a?",
+                "I'm trying to figure out whether I should.", "Do you know how many cups of coffee are?",
+                "What should I look for when I?"):
         assert completeness(cut) < 0.2, cut
     assert 0.2 < completeness("I think so.") < completeness("I think so?") < completeness("Where is Rome?")
+    assert completeness("Yes, I can.") >= 0.5 and completeness("Here we are.") >= 0.5  # short replies
     assert is_request("I was wondering if you could help me with my homework.")
     assert is_request("I'd love a good recipe for pancakes.") and not is_request("I loved the pancakes.")
 

@@ -12,14 +12,21 @@ STRONG_CONTINUATIONS = {
     "the", "a", "an", "my", "your", "our", "their", "its", "it's", "what's", "as",
     "um", "uh", "er", "erm", "hmm",
 }
+# Verbs and subjects that end a clause only in a short reply ("Yes, I can.",
+# "Here we are."): at the end of a longer turn they are a cut-off
+# ("...whether I should", "...how many cups of coffee are").
+CLAUSE_CUTS = {
+    "is", "are", "was", "were", "be", "am", "should", "could", "would", "can", "will", "might",
+    "must", "may", "shall", "i", "we", "they", "he", "she",
+}
+SHORT_REPLY_WORDS = 4
 # These usually continue the turn too, but also end everyday questions and
 # statements ("How are you?", "What should I do?", "Who is it for?", "I think so."):
 # unfinished when unpunctuated, open (left to Smart Turn) when punctuated.
 WEAK_CONTINUATIONS = {
     "so", "then", "that", "which", "who", "when", "where", "while", "with", "for", "in", "on",
-    "at", "from", "about", "this", "these", "is", "are", "was", "were", "be", "i", "we", "you",
-    "they", "he", "she", "like", "maybe", "also", "just", "should", "could", "would", "can",
-    "will", "do", "does", "did", "how",
+    "at", "from", "about", "this", "these", "you", "like", "maybe", "also", "just", "do", "does",
+    "did", "how",
 }
 
 _WORD = re.compile(r"[a-z']+")
@@ -29,14 +36,26 @@ def last_words(text: str, n: int = 2) -> list[str]:
     return _WORD.findall(text.lower())[-n:]
 
 
+def _trailing(text: str) -> str | None:
+    """How the turn's last word bears on it: "strong" (it goes on), "weak" (it may), or None."""
+    words = _WORD.findall(last_sentence(text).lower())
+    if not words:
+        return None
+    last = words[-1]
+    if last in STRONG_CONTINUATIONS:
+        return "strong"
+    if last in CLAUSE_CUTS:
+        return "weak" if len(words) <= SHORT_REPLY_WORDS else "strong"
+    return "weak" if last in WEAK_CONTINUATIONS else None
+
+
 def ends_open(text: str) -> bool:
     """A punctuated turn that stops on a word that may or may not end it ("...do?", "...you.").
 
     The words cannot settle it; the caller should let the acoustic model decide.
     """
     stripped = text.strip()
-    words = last_words(stripped, 1)
-    return bool(words) and words[0] in WEAK_CONTINUATIONS and stripped.endswith(("?", ".", "!"))
+    return _trailing(stripped) == "weak" and stripped.endswith(("?", ".", "!"))
 
 
 def completeness(text: str) -> float:
@@ -44,14 +63,14 @@ def completeness(text: str) -> float:
     stripped = text.strip()
     if not stripped:
         return 0.0
-    words = last_words(stripped, 1)
     if stripped.endswith(("...", "…", ",", "-", "—")):
         return 0.1
-    if words and words[0] in STRONG_CONTINUATIONS:
+    trailing = _trailing(stripped)
+    if trailing == "strong":
         return 0.15
-    if words and words[0] in WEAK_CONTINUATIONS:
+    if trailing == "weak":
         if stripped.endswith("?"):
-            return 0.6   # "What should I do?" or a cut-off "...how long I should?"
+            return 0.6   # "What should I do?" or a cut-off "...when I go to?"
         if stripped.endswith((".", "!")):
             return 0.5
         return 0.15
@@ -103,7 +122,7 @@ def is_question(text: str) -> bool:
 _REQUEST_START = re.compile(
     r"^(please|tell|give|show|find|set|play|call|book|help|remind|explain|describe|recommend|suggest|"
     r"let's|lets|let me know|i'd like|i would like|i'd love|i would love|i want|i need|i'm looking for|"
-    r"i am looking for|i was wondering|i wonder|i'm trying to|i am trying to|any idea|any ideas|"
+    r"i am looking for|i was wondering|i wonder|any idea|any ideas|"
     r"can you|could you|would you|will you|what about|how about)\b")
 
 
