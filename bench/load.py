@@ -1,7 +1,7 @@
 """`make bench-load`: N simultaneous conversations on one process, ramped until real time breaks.
 
 Every conversation is synthetic speech (espeak-ng, a different voice and
-question set per session): three questions, each followed by a pause long
+question set per session): three questions (``--turns``), each followed by a pause long
 enough for a reply. All N run at once on one process with the models loaded
 once (``voice.talk.talk_file``, in-process) or through the real service over
 loopback WebRTC (``voice.bench_webrtc``: N aiortc callers against one
@@ -68,7 +68,7 @@ TARGET_P90_S = 1.2
 TARGET_RSS_MB = 60.0
 BREAK_P90_S = 2.0
 
-# Three questions per conversation; session i takes rows i, i+1, i+2 (mod len).
+# ``turns`` questions per conversation; session i takes rows i*turns ... i*turns+turns-1 (mod len).
 
 
 # ------------------------------------------------------------------ synthetic speech
@@ -93,12 +93,12 @@ def make_conversation(i: int, path: Path, turns: int = 3) -> list[tuple[float, f
     return spans
 
 
-def _make_inputs(n: int, out_dir: Path) -> list[tuple[Path, list[tuple[float, float]]]]:
+def _make_inputs(n: int, out_dir: Path, turns: int = 3) -> list[tuple[Path, list[tuple[float, float]]]]:
     """Session i's conversation as s{i}.in.wav, with its question spans."""
     inputs = []
     for i in range(n):
         wav = out_dir / f"s{i}.in.wav"
-        inputs.append((wav, make_conversation(i, wav)))
+        inputs.append((wav, make_conversation(i, wav, turns)))
     return inputs
 
 
@@ -229,12 +229,12 @@ def _LazyProbe(holder):
 
 
 async def _one_level(n: int, transport: str, out_dir: Path, stagger: float, batch_max: int | None,
-                     server: str = "subprocess") -> dict:
+                     server: str = "subprocess", turns: int = 3) -> dict:
     from voice.settings import load_settings
     from voice.talk import shared_runtime
 
     if transport == "webrtc" and server == "subprocess":
-        return await _webrtc_level_remote(n, out_dir, stagger, batch_max)
+        return await _webrtc_level_remote(n, out_dir, stagger, batch_max, turns)
 
     settings = load_settings()
     if batch_max is not None:
@@ -250,7 +250,7 @@ async def _one_level(n: int, transport: str, out_dir: Path, stagger: float, batc
     t_load = time.perf_counter()
     runtime = shared_runtime(settings)
     load_s = time.perf_counter() - t_load
-    inputs = _make_inputs(n, out_dir)
+    inputs = _make_inputs(n, out_dir, turns)
     rss_before = stats.rss() / 2**20
 
     sessions_seen = []
@@ -343,13 +343,13 @@ async def _webrtc_level(n, inputs, out_dir, settings, runtime, stagger):
     return rows, res
 
 
-async def _webrtc_level_remote(n, out_dir, stagger, batch_max):
+async def _webrtc_level_remote(n, out_dir, stagger, batch_max, turns=3):
     """N aiortc callers in this process against ``voice serve`` in its own (measured) process."""
     from bench.webrtc_latency import service_subprocess
     from voice.audio import read_wav
     from voice.bench_webrtc import talk_file_webrtc_remote
 
-    inputs = _make_inputs(n, out_dir)
+    inputs = _make_inputs(n, out_dir, turns)
     env = {"VOICE_MAX_SESSIONS": str(max(8, n)), "VOICE_STORE__ENABLED": "false"}
     if batch_max is not None:
         env["VOICE_ASR__BATCH_MAX"] = str(batch_max)
@@ -450,11 +450,11 @@ def _summarize(n, transport, rows, res) -> dict:
 
 
 def run_level_subprocess(n: int, transport: str, out: Path, stagger: float, batch_max: int | None,
-                         timeout: float, server: str = "subprocess") -> dict:
+                         timeout: float, server: str = "subprocess", turns: int = 3) -> dict:
     level_dir = out / (f"{transport}-n{n}" + ("" if batch_max is None else f"-b{batch_max}"))
     level_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bench.load", "--level", str(n), "--transport", transport,
-           "--out", str(level_dir), "--stagger", str(stagger), "--server", server]
+           "--out", str(level_dir), "--stagger", str(stagger), "--server", server, "--turns", str(turns)]
     if batch_max is not None:
         cmd += ["--asr-batch-max", str(batch_max)]
     env = {**os.environ, "NO_TORCH_COMPILE": "1"}
@@ -496,6 +496,8 @@ def main() -> None:
                     help="WebRTC: the service as voice serve in its own process (default) or in the callers' process")
     ap.add_argument("--stagger", type=float, default=0.7, help="seconds between session starts")
     ap.add_argument("--asr-batch-max", type=int, default=None, help="override asr.batch_max (1 = no batching)")
+    ap.add_argument("--turns", type=int, default=3,
+                    help="questions per conversation (more: a steadier p90, a longer run)")
     ap.add_argument("--keep-going", action="store_true", help="do not stop at the first N that misses real time")
     ap.add_argument("--out", default="out/bench-load")
     ap.add_argument("--level", type=int, help=argparse.SUPPRESS)  # internal: run one level here
@@ -510,7 +512,7 @@ def main() -> None:
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
         summary = asyncio.run(_one_level(args.level, args.transport, out, args.stagger, args.asr_batch_max,
-                                         args.server))
+                                         args.server, args.turns))
         (out / "level.json").write_text(json.dumps(summary, indent=2, default=str))
         return
 
@@ -524,7 +526,7 @@ def main() -> None:
             if transport == "webrtc" and args.transport == "both" and n > args.webrtc_max_n:
                 break
             s = run_level_subprocess(n, transport, out, args.stagger, args.asr_batch_max, timeout=900,
-                                     server=args.server)
+                                     server=args.server, turns=args.turns)
             results.append(s)
             print_row(s)
             broke = breaks_real_time(s)
