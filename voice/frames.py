@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipecat.frames.frames import SystemFrame
+from pipecat.frames.frames import LLMContextFrame, SystemFrame
 
 
 @dataclass
@@ -62,3 +62,21 @@ class TurnProbabilityFrame(SystemFrame):
     probability: float = 0.0
     audio_end: float = 0.0
     seconds: float = 0.0
+
+
+@dataclass
+class SpeculativeContextFrame(LLMContextFrame):
+    """The context of a speculative reply; ``discarded`` once the user went on.
+
+    A discard interrupts the pipeline, but pipecat's input queues let the
+    InterruptionFrame (a system frame) overtake this data frame when both wait
+    at the LLM at once (speculation and discard in one input tick): the
+    interruption would pass first and the stale reply be generated and heard.
+    The LLM services check the flag when they start on the frame.
+    """
+
+    discarded: bool = False
+
+
+def is_discarded(frame) -> bool:
+    return isinstance(frame, SpeculativeContextFrame) and frame.discarded

@@ -24,6 +24,7 @@ from pipecat.services.settings import LLMSettings
 from pipecat.services.openai.llm import OpenAILLMService
 
 from models.llm import LocalLLM, build_prompt
+from voice.frames import is_discarded
 
 _DONE = object()
 
@@ -97,6 +98,8 @@ class LocalLLMService(LLMService):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if is_discarded(frame):
+            return  # a speculation the user talked over before it started (voice/frames.py)
         if isinstance(frame, LLMContextFrame):
             await self.push_frame(LLMFullResponseStartFrame())
             try:
@@ -126,6 +129,11 @@ class EndpointLLMService(OpenAILLMService):
         self.allowed_tools = frozenset(allowed_tools)
         self.refused_tool_calls: list[str] = []
         super().__init__(**kwargs)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if is_discarded(frame):
+            return  # a speculation the user talked over before it started (voice/frames.py)
+        await super().process_frame(frame, direction)
 
     def register_function(self, function_name, *args, **kwargs):
         if function_name not in self.allowed_tools:

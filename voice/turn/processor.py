@@ -24,6 +24,7 @@ from voice.events import EventLog
 from voice.frames import (
     ReplyHeldFrame,
     ReplyReleasedFrame,
+    SpeculativeContextFrame,
     SpeechStartedFrame,
     SpeechStoppedFrame,
     TranscriptFrame,
@@ -49,6 +50,7 @@ class TurnProcessor(FrameProcessor):
         self._backchannel_playing = False
         self._out_rate: int | None = None
         self._samples = 0
+        self._speculation: SpeculativeContextFrame | None = None  # the held reply's context frame
 
     async def setup(self, setup):
         await super().setup(setup)
@@ -72,10 +74,14 @@ class TurnProcessor(FrameProcessor):
         self.conversation.mark(turn).new_generation(a.data["t"])
         await self.push_frame(ReplyHeldFrame(turn=turn))
         messages = self.conversation.messages() + [{"role": "user", "content": a.text}]
-        await self.push_frame(LLMContextFrame(context=LLMContext(messages=messages)))
+        self._speculation = SpeculativeContextFrame(context=LLMContext(messages=messages))
+        await self.push_frame(self._speculation)
 
     async def _do_discard(self, a, turn: int) -> None:
         self.events.emit("speculation_discarded", turn=turn, t=a.data["t"], text=a.text)
+        if self._speculation is not None:
+            self._speculation.discarded = True  # before the interruption: see SpeculativeContextFrame
+            self._speculation = None
         await self.broadcast_interruption()
 
     async def _do_commit(self, a, turn: int) -> None:
