@@ -136,6 +136,11 @@ class TurnController:
     def required_wait(self, text: str, smart_p: float | None = None) -> float:
         """Silence needed before the turn counts as ended."""
         cfg = self.config
+        if ends_open(text):
+            # "What should I do?" or a cut-off "...ideas for?": no short wait on the
+            # acoustic model's word alone (it misfires on cut-offs in synthetic voices),
+            # but not the 2.5 s of a clear cut-off either when it hears an ending.
+            return cfg.mid_wait_s if smart_p is not None and smart_p >= cfg.complete_p else cfg.max_wait_s
         p = self.completion_probability(text, smart_p)
         if p <= cfg.incomplete_p:
             return cfg.max_wait_s
