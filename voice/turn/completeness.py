@@ -11,6 +11,9 @@ STRONG_CONTINUATIONS = {
     "and", "but", "or", "because", "cause", "if", "than", "whether", "to", "of", "between",
     "the", "a", "an", "my", "your", "our", "their", "its", "it's", "what's", "as",
     "um", "uh", "er", "erm", "hmm",
+    # Prepositions end a few questions ("Who is it for?") but far more cut-offs
+    # ("Can you give me a few ideas for", "How should I go about").
+    "for", "with", "in", "on", "at", "from", "about",
 }
 # Verbs and subjects that end a clause only in a short reply ("Yes, I can.",
 # "Here we are."): at the end of a longer turn they are a cut-off
@@ -21,12 +24,11 @@ CLAUSE_CUTS = {
 }
 SHORT_REPLY_WORDS = 4
 # These usually continue the turn too, but also end everyday questions and
-# statements ("How are you?", "What should I do?", "Who is it for?", "I think so."):
+# statements ("How are you?", "What should I do?", "Can you do that?", "I think so."):
 # unfinished when unpunctuated, open (left to Smart Turn) when punctuated.
 WEAK_CONTINUATIONS = {
-    "so", "then", "that", "which", "who", "when", "where", "while", "with", "for", "in", "on",
-    "at", "from", "about", "this", "these", "you", "like", "maybe", "also", "just", "do", "does",
-    "did", "how",
+    "so", "then", "that", "which", "who", "when", "where", "while", "this", "these", "you", "like",
+    "maybe", "also", "just", "do", "does", "did", "how",
 }
 
 _WORD = re.compile(r"[a-z']+")
