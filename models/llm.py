@@ -10,10 +10,11 @@ Instruction-tuned GGUF files are prompted the same way, which they handle fine.
 from __future__ import annotations
 
 import atexit
-import queue
 import re
 import threading
 from collections.abc import Iterator
+
+import numpy as np
 
 from models.cpu import SpeechFirst
 from models.weights import EMBEDDED, WeightsNotFound, embedded_gemma_gguf, local_file
@@ -72,9 +73,9 @@ class LocalLLM:
         self._generating = 0
         self._count_lock = threading.Lock()
         self.contexts = [first] + [_sibling_context(first) for _ in range(max(1, instances) - 1)]
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._free: list = list(self.contexts)
+        self._free_changed = threading.Condition()
         for ctx in self.contexts:
-            self._free.put(ctx)
             # Free the model before interpreter teardown: llama-cpp-python's own
             # finaliser runs too late and prints a TypeError on exit.
             atexit.register(ctx.close)
@@ -83,7 +84,7 @@ class LocalLLM:
 
     def warm_up(self, system_prompt: str) -> None:
         """Evaluate the fixed prompt prefix once per context so every first real turn hits the cache."""
-        taken = [self._free.get() for _ in self.contexts]
+        taken = [self._take(None) for _ in self.contexts]
         try:
             for ctx in taken:
                 for _ in self._generate(ctx, build_prompt(system_prompt, []), max_tokens=1, temperature=0.0,
@@ -91,7 +92,27 @@ class LocalLLM:
                     pass
         finally:
             for ctx in taken:
-                self._free.put(ctx)
+                self._give_back(ctx)
+
+    def _take(self, prompt: str | None):
+        """A free context, preferably the one whose evaluated tokens already start ``prompt``.
+
+        A conversation's next prompt extends its last one: in the context that last
+        generated for it, llama.cpp evaluates only the new turn. Another context holds
+        another conversation, and the whole history (hundreds of tokens by the sixth
+        turn) would be evaluated again before the first word.
+        """
+        tokens = None if prompt is None else np.asarray(self.contexts[0].tokenize(prompt.encode(), special=True))
+        with self._free_changed:
+            self._free_changed.wait_for(lambda: bool(self._free))
+            ctx = min(self._free, key=lambda c: 0 if tokens is None else _reuse_cost(c, tokens))
+            self._free.remove(ctx)
+            return ctx
+
+    def _give_back(self, ctx) -> None:
+        with self._free_changed:
+            self._free.append(ctx)
+            self._free_changed.notify()
 
     def stream(self, prompt: str, *, max_tokens: int, temperature: float,
                max_sentences: int = 2) -> Iterator[str]:
@@ -99,12 +120,12 @@ class LocalLLM:
 
         Waits for a free context; closing the generator early frees it.
         """
-        ctx = self._free.get()
+        ctx = self._take(prompt)
         try:
             yield from self._generate(ctx, prompt, max_tokens=max_tokens, temperature=temperature,
                                       max_sentences=max_sentences)
         finally:
-            self._free.put(ctx)
+            self._give_back(ctx)
 
     def _generate(self, ctx, prompt: str, *, max_tokens: int, temperature: float,
                   max_sentences: int) -> Iterator[str]:
@@ -140,6 +161,24 @@ class LocalLLM:
             chunks.close()  # ends llama.cpp's generation before the context is handed to another reply
             with self._count_lock:
                 self._generating -= 1
+
+
+def _reuse_cost(ctx, tokens) -> int:
+    """Tokens to evaluate now in this context, plus those of whatever it holds that would be lost.
+
+    The second term keeps one conversation from taking another's context for the sake
+    of a few shared tokens ("User:") when a context holding only the fixed prompt start
+    is free.
+    """
+    shared = _shared_start(ctx, tokens)
+    return (len(tokens) - shared) + (ctx.n_tokens - shared)
+
+
+def _shared_start(ctx, tokens) -> int:
+    """How many of ``tokens`` the context has already evaluated, from the start."""
+    done = ctx.input_ids[: min(ctx.n_tokens, len(tokens))]
+    differ = np.flatnonzero(done != tokens[: len(done)])
+    return int(differ[0]) if len(differ) else len(done)
 
 
 def _sibling_context(llm):

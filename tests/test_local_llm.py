@@ -56,3 +56,20 @@ def test_a_reply_closed_early_frees_its_context():
     next(pieces)
     pieces.close()  # a barge-in: the generation ends mid-reply
     assert _reply(pool, "How far away is the moon?")  # the only context is free again
+
+
+def test_a_conversation_goes_back_to_the_context_that_holds_its_history():
+    pool = LocalLLM(threads=1, instances=2)
+    pool.warm_up(SYSTEM)  # as the runtime does: every context holds the fixed prompt start
+    a = [{"role": "user", "content": "How far away is the moon?"}]
+    b = [{"role": "user", "content": "Why is the sky blue?"}]
+    for history in (a, b):  # two conversations, one context each
+        history.append({"role": "assistant", "content": "".join(
+            pool.stream(build_prompt(SYSTEM, history), max_tokens=16, temperature=0.0))})
+    b.append({"role": "user", "content": "And at night?"})
+    # B's next turn goes back to B's context (a free-for-all queue would hand it A's, whose
+    # history then must be evaluated again on A's next turn), and A's history stays where it was.
+    "".join(pool.stream(build_prompt(SYSTEM, b), max_tokens=16, temperature=0.0))
+    held = [ctx.detokenize(ctx.input_ids[:ctx.n_tokens].tolist()).decode(errors="replace") for ctx in pool.contexts]
+    assert any("How far away is the moon?" in h and "Why is the sky blue?" not in h for h in held), held
+    assert any("And at night?" in h for h in held), held

@@ -70,8 +70,11 @@ class LLMSettings(BaseModel):
     threads: int = Field(2, ge=1)
     context_tokens: int = Field(2048, ge=256)
     # llama.cpp contexts over the one memory-mapped model: replies that generate at once
-    # (more sessions wait for a free one). Each costs its KV cache, about 60 MB here.
-    instances: int = Field(2, ge=1, le=16)
+    # (more sessions wait for a free one). Each costs its KV cache, about 60 MB here, and
+    # keeps one conversation's history evaluated (models/llm.py picks it for that
+    # conversation's next turn): with fewer contexts than live sessions, later turns
+    # evaluate their whole history again before the first word.
+    instances: int = Field(4, ge=1, le=16)
 
 
 class TTSSettings(BaseModel):
