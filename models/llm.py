@@ -68,10 +68,9 @@ class LocalLLM:
         path = embedded_gemma_gguf() if model_path == EMBEDDED else local_file(model_path, "GGUF model", (".gguf",))
         first = Llama(model_path=str(path), n_ctx=context_tokens, n_threads=threads, n_batch=256, verbose=False)
         # A lone reply generates on ``threads`` threads; while several generate at once
-        # each drops to one, since llama.cpp's threads spin and would crowd each other out.
+        # (several contexts taken) each drops to one, since llama.cpp's threads spin and
+        # would crowd each other out.
         self.threads = threads
-        self._generating = 0
-        self._count_lock = threading.Lock()
         self.contexts = [first] + [_sibling_context(first) for _ in range(max(1, instances) - 1)]
         self._free: list = list(self.contexts)
         self._free_changed = threading.Condition()
@@ -130,8 +129,6 @@ class LocalLLM:
     def _generate(self, ctx, prompt: str, *, max_tokens: int, temperature: float,
                   max_sentences: int) -> Iterator[str]:
         text = ""
-        with self._count_lock:
-            self._generating += 1
         threads = None
         chunks = ctx.create_completion(
             prompt, max_tokens=max_tokens, temperature=temperature, top_p=0.9,
@@ -141,7 +138,7 @@ class LocalLLM:
             while True:
                 if text:  # the first token is never held back: the synthesis waits for it
                     self.speech_first.wait_turn()
-                wanted = self.threads if self._generating == 1 else 1
+                wanted = self.threads if len(self.contexts) - len(self._free) == 1 else 1
                 if wanted != threads:  # between tokens, on the generating thread: safe
                     ctx._ctx.set_n_threads(wanted, ctx.n_threads_batch)
                     threads = wanted
@@ -159,8 +156,6 @@ class LocalLLM:
                     return
         finally:
             chunks.close()  # ends llama.cpp's generation before the context is handed to another reply
-            with self._count_lock:
-                self._generating -= 1
 
 
 def _reuse_cost(ctx, tokens) -> int:

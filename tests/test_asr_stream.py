@@ -48,4 +48,4 @@ def test_a_session_ending_mid_decode_leaves_no_task_behind():
     finally:
         logger.remove(sink)
     assert not [w for w in warnings if "dangling" in w], warnings
-    assert not asr._pending
+    assert not asr._owned

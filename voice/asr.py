@@ -13,23 +13,23 @@ import time
 
 import numpy as np
 from pipecat.frames.frames import Frame, InputAudioRawFrame, InterimTranscriptionFrame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection
 
 from voice.audio import PIPELINE_RATE
 from voice.frames import SpeechStartedFrame, SpeechStoppedFrame, TranscriptFrame, UserTurnEndedFrame
+from voice.owned_tasks import OwnedTasksProcessor
 
 PRE_ROLL_S = 0.3  # audio kept before the VAD onset (the VAD needs start_s to decide)
 TAIL_S = 0.15  # audio kept after the VAD's speech end (soft word endings)
 SETTLE_AFTER_S = 8.0  # a decoded span this long is settled: later pauses decode only what follows
 
 
-class StreamingASRProcessor(FrameProcessor):
+class StreamingASRProcessor(OwnedTasksProcessor):
     def __init__(self, transcriber, *, executor=None, partial_interval_s: float = 0.0,
                  max_turn_s: float = 30.0, **kwargs):
         super().__init__(**kwargs)
         self._asr = transcriber
         self._executor = executor
-        self._pending: set[asyncio.Task] = set()
         self._partial_interval = partial_interval_s
         self._max_samples = int(max_turn_s * PIPELINE_RATE)
         self._buf: list[np.ndarray] = []
@@ -106,15 +106,7 @@ class StreamingASRProcessor(FrameProcessor):
             await self.push_frame(InterimTranscriptionFrame(text=text, user_id="user", timestamp=""))
 
     def _start_decode(self, until: float, final: bool) -> None:
-        self._decoding = self.create_task(self._decode(until, final), name="asr-decode")
-        self._pending.add(self._decoding)
-        self._decoding.add_done_callback(self._pending.discard)
-
-    async def cleanup(self):
-        """A session that ends mid-decode leaves no task behind (the executor's call just finishes)."""
-        await super().cleanup()
-        for task in list(self._pending):
-            await self.cancel_task(task)
+        self._decoding = self.start_owned_task(self._decode(until, final), name="asr-decode")
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)

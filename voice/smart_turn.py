@@ -7,16 +7,17 @@ import time
 
 import numpy as np
 from pipecat.frames.frames import Frame, InputAudioRawFrame
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection
 
 from voice.audio import PIPELINE_RATE
 from voice.frames import SpeechStartedFrame, SpeechStoppedFrame, TranscriptFrame, TurnProbabilityFrame
+from voice.owned_tasks import OwnedTasksProcessor
 
 WINDOW_S = 8.0   # what the model looks at
 TAIL_S = 0.1     # the model was trained on clips that end at the speech end, not in silence
 
 
-class SmartTurnProcessor(FrameProcessor):
+class SmartTurnProcessor(OwnedTasksProcessor):
     def __init__(self, model, *, needed, executor=None, **kwargs):
         super().__init__(**kwargs)
         self._model = model
@@ -24,7 +25,6 @@ class SmartTurnProcessor(FrameProcessor):
         # needed(text) -> bool: does the controller need the model for this transcript?
         self._needed = needed
         self._pause_end: float | None = None  # the pause still waiting for its transcript
-        self._pending: set[asyncio.Task] = set()
         self._ring = np.zeros(int((WINDOW_S + 1.0) * PIPELINE_RATE), dtype=np.int16)
         self._samples = 0  # input clock
 
@@ -72,13 +72,5 @@ class SmartTurnProcessor(FrameProcessor):
             # The analysis executor runs the ASR first anyway: waiting for its text costs nothing.
             end, self._pause_end = self._pause_end, None
             if frame.error or self._needed(frame.text):
-                task = self.create_task(self._predict(end), name="smart-turn")
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
+                self.start_owned_task(self._predict(end), name="smart-turn")
         await self.push_frame(frame, direction)
-
-    async def cleanup(self):
-        """A session that ends mid-prediction leaves no task behind."""
-        await super().cleanup()
-        for task in list(self._pending):
-            await self.cancel_task(task)
