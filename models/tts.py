@@ -30,19 +30,40 @@ def trim_leading_silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return audio[start:]
 
 
+def load_voice(path: Path, config: Path):
+    """A PiperVoice whose ONNX threads sleep when idle.
+
+    onnxruntime's default intra-op threads spin after each parallel section. On a
+    2-core machine shared with the ASR, the LLM and other sessions' synthesis,
+    that spin is stolen time: under load a 2.5 s sentence cost 390 ms of CPU
+    instead of 270 ms, and took longer (docs/scaling.md). Alone it is about 8 %
+    slower, a few ms on a first clause.
+    """
+    import json
+
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return PiperVoice(session=session, config=PiperConfig.from_dict(json.loads(config.read_text("utf-8"))))
+
+
 class PiperSynth:
     """One loaded voice shared by sessions. ``stream`` yields int16 PCM per sentence."""
 
     def __init__(self, voice: str = EMBEDDED, speaker_id: int | None = None, length_scale: float = 1.0,
                  speech_first: SpeechFirst | None = None):
-        from piper import PiperVoice, SynthesisConfig
+        from piper import SynthesisConfig
 
         path = embedded_piper_voice() if voice == EMBEDDED else local_file(voice, "Piper voice", (".onnx",))
         config = Path(str(path) + ".json")
         if not config.exists():
             raise WeightsNotFound(f"Piper voice config not found beside the model: {config}")
         try:
-            self.voice = PiperVoice.load(path, config_path=config)
+            self.voice = load_voice(path, config)
         except Exception as e:  # a corrupt or truncated .onnx/.json: one clear line, not an onnxruntime trace
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WeightsNotFound(f"cannot load Piper voice {path}: {first[:300]}") from None
