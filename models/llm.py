@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -60,7 +60,8 @@ class LocalLLM:
     """
 
     def __init__(self, model_path: str = EMBEDDED, *, threads: int = 2, context_tokens: int = 2048,
-                 instances: int = 1, speech_first: SpeechFirst | None = None):
+                 instances: int = 1, speech_first: SpeechFirst | None = None,
+                 busy_elsewhere: Callable[[], bool] | None = None):
         try:
             from llama_cpp import Llama
         except ImportError:
@@ -80,6 +81,9 @@ class LocalLLM:
             atexit.register(ctx.close)
         # Shared with the TTS of this process: generation pauses while speech is synthesised.
         self.speech_first = speech_first or SpeechFirst()
+        # Other model work on the same cores (the pause-time ASR and Smart Turn): a reply
+        # then evaluates and generates on one thread too.
+        self._busy_elsewhere = busy_elsewhere or (lambda: False)
 
     def warm_up(self, system_prompt: str) -> None:
         """Evaluate the fixed prompt prefix once per context so every first real turn hits the cache."""
@@ -138,9 +142,10 @@ class LocalLLM:
             while True:
                 if text:  # the first token is never held back: the synthesis waits for it
                     self.speech_first.wait_turn()
-                wanted = self.threads if len(self.contexts) - len(self._free) == 1 else 1
-                if wanted != threads:  # between tokens, on the generating thread: safe
-                    ctx._ctx.set_n_threads(wanted, ctx.n_threads_batch)
+                alone = len(self.contexts) - len(self._free) == 1 and not self._busy_elsewhere()
+                wanted = self.threads if alone else 1
+                if wanted != threads:  # between tokens (and before the prompt), on the generating thread: safe
+                    ctx._ctx.set_n_threads(wanted, wanted)
                     threads = wanted
                 chunk = next(chunks, None)
                 if chunk is None:
@@ -207,7 +212,8 @@ def _sibling_context(llm):
     return other
 
 
-def load_local_llm(llm_settings, speech_first: SpeechFirst | None = None) -> LocalLLM:
+def load_local_llm(llm_settings, speech_first: SpeechFirst | None = None,
+                   busy_elsewhere: Callable[[], bool] | None = None) -> LocalLLM:
     return LocalLLM(llm_settings.model_path, threads=llm_settings.threads,
                     context_tokens=llm_settings.context_tokens, instances=llm_settings.instances,
-                    speech_first=speech_first)
+                    speech_first=speech_first, busy_elsewhere=busy_elsewhere)

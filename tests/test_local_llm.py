@@ -73,3 +73,25 @@ def test_a_conversation_goes_back_to_the_context_that_holds_its_history():
     held = [ctx.detokenize(ctx.input_ids[:ctx.n_tokens].tolist()).decode(errors="replace") for ctx in pool.contexts]
     assert any("How far away is the moon?" in h and "Why is the sky blue?" not in h for h in held), held
     assert any("And at night?" in h for h in held), held
+
+
+def test_a_reply_uses_one_thread_while_the_analysis_thread_is_busy():
+    from models.cpu import TrackedExecutor
+
+    analysis = TrackedExecutor(1)
+    release = threading.Event()
+    pool = LocalLLM(threads=2, instances=1, busy_elsewhere=lambda: analysis.in_flight > 0)
+    ctx = pool.contexts[0]._ctx.ctx
+    job = analysis.submit(release.wait, 60)  # a Smart Turn or ASR job on the same cores
+    queued = analysis.submit(lambda: None)
+    assert analysis.in_flight == 2, "queued jobs count too"
+    prompt = build_prompt(SYSTEM, [{"role": "user", "content": "Why is the sky blue?"}])
+    pieces = pool.stream(prompt, max_tokens=24, temperature=0.0)
+    next(pieces)
+    assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (1, 1)
+    release.set()
+    job.result(10), queued.result(10)
+    assert analysis.in_flight == 0
+    next(pieces)
+    assert llama_cpp.llama_n_threads(ctx) == 2, "alone again: both cores"
+    pieces.close()

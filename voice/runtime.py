@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from loguru import logger
 
 from models.asr import BatchingTranscriber, Transcriber, load_transcriber
-from models.llm import LocalLLM, load_local_llm
 from models.backchannel import synthesize_backchannels
+from models.cpu import TrackedExecutor
+from models.llm import LocalLLM, load_local_llm
 from models.tts import PiperSynth
 from models.turn import SmartTurn
 
@@ -26,7 +27,7 @@ class Runtime:
     load_seconds: float = 0.0
     # Pause-time analysis (ASR, then Smart Turn) runs here in arrival order: on
     # 2 cores, two models at once make both slower than one after the other.
-    analysis: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="analysis"))
+    analysis: TrackedExecutor = field(default_factory=lambda: TrackedExecutor(1, thread_name_prefix="analysis"))
     # Blocking reply work (a reply's whole LLM generation, each Piper chunk) runs here, not on
     # the event loop's default executor: that one has cpu_count + 4 threads (6 on 2 cores), and
     # aiortc encodes every outgoing Opus frame on it, so a few long generations there delayed
@@ -54,14 +55,16 @@ class Runtime:
         started = time.perf_counter()
         transcriber = load_transcriber(settings.asr)
         synth = PiperSynth(settings.tts.voice, settings.tts.speaker_id, settings.tts.length_scale)
+        analysis = TrackedExecutor(1, thread_name_prefix="analysis")
         local_llm = None
         if settings.llm.backend == "llama-cpp" and settings.pipeline == "cascaded":
-            local_llm = load_local_llm(settings.llm, speech_first=synth.speech_first)
+            local_llm = load_local_llm(settings.llm, speech_first=synth.speech_first,
+                                       busy_elsewhere=lambda: analysis.in_flight > 0)
             local_llm.warm_up(settings.llm.system_prompt)
         smart_turn = SmartTurn()
         backchannels = synthesize_backchannels(synth)
         runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
-                      native_spec=settings.native.model)
+                      analysis=analysis, native_spec=settings.native.model)
         if settings.asr.batch_max > 1 and hasattr(transcriber, "transcribe_batch"):
             runtime.transcriber = BatchingTranscriber(transcriber, runtime.analysis, settings.asr.batch_max)
         if settings.pipeline == "native":

@@ -46,13 +46,21 @@ class SmartTurnProcessor(OwnedTasksProcessor):
         idx = (np.arange(end - n, end)) % size
         return self._ring[idx]
 
-    async def _predict(self, end: float) -> None:
+    def _submit(self, end: float) -> asyncio.Future:
+        """Queue the prediction on the analysis executor now, before the transcript goes on.
+
+        The reply starts from that transcript; the LLM picks its thread count from
+        what the analysis executor holds (models/cpu.py), so the job must be there first.
+        """
         now = self._samples / PIPELINE_RATE
         back = int(max(0.0, now - (end + TAIL_S)) * PIPELINE_RATE)
         audio = self._last(int(WINDOW_S * PIPELINE_RATE), back).astype(np.float32) / 32768.0
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._model.probability, audio)
+
+    async def _predict(self, end: float, job: asyncio.Future) -> None:
         started = time.perf_counter()
         try:
-            p = await asyncio.get_running_loop().run_in_executor(self._executor, self._model.probability, audio)
+            p = await job
         except Exception as e:  # the controller falls back to text cues
             await self.push_error(f"Smart Turn failed: {e}", exception=e)
             return
@@ -72,5 +80,5 @@ class SmartTurnProcessor(OwnedTasksProcessor):
             # The analysis executor runs the ASR first anyway: waiting for its text costs nothing.
             end, self._pause_end = self._pause_end, None
             if frame.error or self._needed(frame.text):
-                self.start_owned_task(self._predict(end), name="smart-turn")
+                self.start_owned_task(self._predict(end, self._submit(end)), name="smart-turn")
         await self.push_frame(frame, direction)
