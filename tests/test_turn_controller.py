@@ -96,6 +96,22 @@ def test_complete_question_short_wait_with_speculation_confirmed():
     assert d.c.state == State.THINKING
 
 
+def test_smart_turn_sure_of_a_cut_off_vetoes_the_short_wait():
+    # The recogniser turned "Is it a good idea to" into a whole question; Smart Turn is
+    # sure the turn goes on: the mixed-evidence wait, with the reply still speculated.
+    d = Driver().speak(2.0)
+    end = d.t
+    d.advance(0.2).transcript("Is it a good idea to act?", smart_p=0.02).advance(0.5)
+    assert "confirm" not in d.kinds() and "commit" not in d.kinds()
+    d.advance(1.0)
+    assert "speculate" in d.kinds()
+    assert abs(d.first("confirm").data["t"] - end - d.c.config.mid_wait_s) <= 0.021
+    # Unsure is not a veto: the short wait stands.
+    assert Driver().c.required_wait("Is it a good idea to act?", 0.2) == TurnConfig().endpoint_silence_s
+    assert TurnController(TurnConfig(smart_turn_veto_p=0.0)).required_wait("Is it a good idea to act?", 0.02) \
+        == TurnConfig().endpoint_silence_s
+
+
 def test_unfinished_clause_waits_long():
     d = Driver().speak(2.0)
     end = d.t
@@ -172,11 +188,14 @@ def test_speculation_off_for_engines_that_cannot_discard():
 
 
 def test_smart_turn_is_only_needed_when_the_text_leaves_the_turn_end_open():
-    c = TurnController(TurnConfig())
+    c = TurnController(TurnConfig(smart_turn_veto_p=0.0))
     assert not c.smart_turn_matters("What is the capital of France?")  # complete whatever it says
     assert not c.smart_turn_matters("I went to the store and")         # unfinished whatever it says
     assert c.smart_turn_matters("We drove up to the lake.")
     assert c.smart_turn_matters("what is the best way to learn a language")
+    # With the veto on (the default), a clear question needs Smart Turn's word too.
+    assert TurnController(TurnConfig()).smart_turn_matters("What is the capital of France?")
+    assert not TurnController(TurnConfig()).smart_turn_matters("I went to the store and")
     # The skip is exact: for the texts it skips, every Smart Turn probability gives the same wait.
     for text in ("What is the capital of France?", "I went to the store and", "um"):
         assert not c.smart_turn_matters(text)
@@ -194,3 +213,4 @@ def test_a_discarded_speculation_leaves_no_stale_marks_in_the_turn_metrics():
     marks.endpoint, marks.llm_first_token = 3.5, 3.6
     m = marks.metrics()
     assert m["llm_ttft"] == 0.1 and m["tts_first_audio"] is None  # nothing from the discarded start
+

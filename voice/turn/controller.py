@@ -59,6 +59,10 @@ class TurnConfig:
     complete_p: float = 0.6            # fused completion probability for the short wait
     incomplete_p: float = 0.3          # below this, the long wait
     smart_turn_weight: float = 0.35    # Smart Turn vs text cues in the fused probability
+    # Smart Turn this sure the turn goes on (P(complete) below this) vetoes the short
+    # wait that the text alone would give: the recogniser makes whole questions out of
+    # cut-offs ("Is it a good idea to" -> "Is it a good idea to act?").
+    smart_turn_veto_p: float = 0.05
     speculate: bool = True             # engines that cannot discard a started reply turn it off
     speculate_min_p: float = 0.5
     # Start the reply this long before the endpoint would be confirmed (the time it
@@ -124,14 +128,14 @@ class TurnController:
     def smart_turn_matters(self, text: str) -> bool:
         """Could Smart Turn's probability change the decision on this transcript?
 
-        Not when the text alone settles it (a trailing "and", or a clear question
-        whose fused probability is complete whatever Smart Turn says); then the
-        model is not run, and its CPU goes to the reply instead.
+        Not when the text alone settles it (a trailing "and"; or, with the veto
+        off, a clear question whose fused probability is complete whatever Smart
+        Turn says); then the model is not run, and its CPU goes to the reply instead.
         """
         c = completeness(text)
         if c <= 0.2:
             return False
-        return (1 - self.config.smart_turn_weight) * c < self.config.complete_p
+        return self.config.smart_turn_veto_p > 0 or (1 - self.config.smart_turn_weight) * c < self.config.complete_p
 
     def required_wait(self, text: str, smart_p: float | None = None) -> float:
         """Silence needed before the turn counts as ended."""
@@ -144,7 +148,8 @@ class TurnController:
         p = self.completion_probability(text, smart_p)
         if p <= cfg.incomplete_p:
             return cfg.max_wait_s
-        complete = p >= cfg.complete_p
+        vetoed = smart_p is not None and smart_p < cfg.smart_turn_veto_p
+        complete = p >= cfg.complete_p and not vetoed
         if complete and is_request(text):
             return cfg.endpoint_silence_s
         base = cfg.statement_wait_s if complete else cfg.mid_wait_s
