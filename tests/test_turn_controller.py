@@ -214,3 +214,38 @@ def test_a_discarded_speculation_leaves_no_stale_marks_in_the_turn_metrics():
     m = marks.metrics()
     assert m["llm_ttft"] == 0.1 and m["tts_first_audio"] is None  # nothing from the discarded start
 
+
+def test_no_turn_end_while_the_vad_weighs_a_possible_next_word():
+    # The user starts again just as the wait runs out: the VAD needs start_s to be
+    # sure, and the agent must not take the turn in that window.
+    d = Driver().speak(2.0)
+    end = d.t
+    d.advance(0.2).transcript("What time is it in Tokyo?", smart_p=0.9)
+    d.advance(0.2)
+    d._take(d.c.on_speech_pending(d.t, d.t))
+    d.advance(0.2)  # past the 0.45 s wait
+    assert "confirm" not in d.kinds()
+    d._take(d.c.on_speech_started(d.t, d.t - 0.12))
+    assert d.kinds() == ["speculate", "discard"], "it was speech: the early reply is dropped unheard"
+
+    # A blip that dies away (a click, a breath): the turn ends as soon as the VAD says so.
+    d = Driver().speak(2.0)
+    end = d.t
+    d.advance(0.2).transcript("What time is it in Tokyo?", smart_p=0.9).advance(0.2)
+    d._take(d.c.on_speech_pending(d.t, d.t))
+    d.advance(0.2)
+    assert "confirm" not in d.kinds()
+    d._take(d.c.on_speech_pending(d.t, None))
+    assert d.kinds() == ["speculate", "confirm"]
+    assert abs(d.first("confirm").data["t"] - end - 0.6) <= 0.021
+
+
+def test_no_backchannel_while_the_vad_weighs_a_possible_next_word():
+    d = Driver().speak(4.0)
+    d.advance(0.1).transcript("I went to the market this morning and", smart_p=0.1)
+    d._take(d.c.on_speech_pending(d.t, d.t))
+    d.advance(0.5)
+    assert "backchannel" not in d.kinds()
+    d._take(d.c.on_speech_pending(d.t, None))
+    d.advance(0.1)
+    assert d.kinds() == ["backchannel"]

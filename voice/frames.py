@@ -15,6 +15,17 @@ class SpeechStartedFrame(SystemFrame):
 
 
 @dataclass
+class SpeechPendingFrame(SystemFrame):
+    """The VAD hears what may be speech beginning but has not decided yet (``vad.start_s``).
+
+    ``onset`` is when it began; None when the candidate died away without becoming
+    speech. A SpeechStartedFrame ends the pending state too.
+    """
+
+    onset: float | None = None
+
+
+@dataclass
 class SpeechStoppedFrame(SystemFrame):
     """The VAD heard speech stop (``end``: when the last speech frame ended)."""
 

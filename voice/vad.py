@@ -16,7 +16,7 @@ from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice.audio import PIPELINE_RATE, resample_pcm16
-from voice.frames import SpeechStartedFrame, SpeechStoppedFrame
+from voice.frames import SpeechPendingFrame, SpeechStartedFrame, SpeechStoppedFrame
 
 SILERO_WINDOW = 512  # samples at 16 kHz (32 ms)
 
@@ -69,7 +69,11 @@ class SpeechDetector:
         return self.samples / PIPELINE_RATE
 
     def process(self, pcm: bytes, echo=None) -> list[tuple[str, float]]:
-        """Feed 16 kHz int16 mono (any multiple of 10 ms); return [("start", onset) | ("stop", end)].
+        """Feed 16 kHz int16 mono (any multiple of 10 ms); return events in order.
+
+        ("start", onset) and ("stop", end) bound speech; while silent, ("pending", onset)
+        marks the first speech frame of a candidate start and ("pending", None) its end
+        without one.
 
         ``echo`` (an EchoGuard) vetoes frames that the agent's own playback explains.
         """
@@ -102,12 +106,14 @@ class SpeechDetector:
             if not self.speaking:
                 if self._run_start is None:
                     self._run_start = t0
+                    events.append(("pending", t0))
                 if t1 - self._run_start >= self._start_s:
                     self.speaking = True
                     events.append(("start", self._run_start))
         else:
             if not self.speaking and self._run_start is not None and t1 - self._last_speech_end > 0.06:
                 self._run_start = None  # a blip shorter than start_s
+                events.append(("pending", None))
             if self.speaking and t1 - self._last_speech_end >= self._stop_s:
                 self.speaking = False
                 self._run_start = None
@@ -143,6 +149,8 @@ class VADProcessor(FrameProcessor):
             for kind, t in events:
                 if kind == "start":
                     await self.push_frame(SpeechStartedFrame(onset=t))
+                elif kind == "pending":
+                    await self.push_frame(SpeechPendingFrame(onset=t))
                 else:
                     await self.push_frame(SpeechStoppedFrame(end=t))
             return

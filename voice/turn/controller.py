@@ -105,6 +105,9 @@ class TurnController:
         self._last_backchannel = -1e9
         self._backchannel_done_for: float | None = None  # the pause that got one
         self.barge_in: dict | None = None    # the interruption being judged (real or false)
+        # The VAD hears a possible onset it has not confirmed yet (vad.start_s): the user
+        # may be going on, so the agent takes no turn, backchannel or resume until it decides.
+        self._pending_onset: float | None = None
 
     # --- helpers -------------------------------------------------------------------
     def _set(self, state: State, t: float) -> list[Action]:
@@ -160,7 +163,12 @@ class TurnController:
         return self.speech_end is not None and self._transcript_end >= self.speech_end
 
     # --- inputs --------------------------------------------------------------------
+    def on_speech_pending(self, t: float, onset: float | None) -> list[Action]:
+        self._pending_onset = onset
+        return self.on_tick(t) if onset is None else []
+
     def on_speech_started(self, t: float, onset: float) -> list[Action]:
+        self._pending_onset = None
         actions: list[Action] = []
         if self.state in (State.THINKING, State.AGENT_SPEAKING):
             actions.append(Action("interrupt", data={"t": t, "onset": onset, "state": self.state.value}))
@@ -207,23 +215,26 @@ class TurnController:
     def on_tick(self, t: float) -> list[Action]:
         if self.state != State.USER_PAUSED or self.speech_end is None:
             return []
+        # What may be the user's next word is under way (vad.start_s undecided): a turn
+        # end, a backchannel or a resume now would talk over it. Speculating stays allowed.
+        held = self._pending_onset is not None and t - self._pending_onset < 1.0  # the VAD decides within start_s
         if not self._evidence_ready():
             # The transcript is late (a long decode): an acknowledgement needs none,
             # only a long turn and a pause; the turn end waits for the words.
-            if self.barge_in is None and self._backchannel_due(t, t - self.speech_end, self.config.max_wait_s):
+            if not held and self.barge_in is None and self._backchannel_due(t, t - self.speech_end, self.config.max_wait_s):
                 return self._backchannel(t)
             return []
         silence = t - self.speech_end
         text = self.transcript
         if self.barge_in is not None:
-            return self._judge_barge_in(t, silence, text)
+            return [] if held else self._judge_barge_in(t, silence, text)
         if not text.strip():
             # Noise, a cough: no words, no turn.
             if silence >= self.config.endpoint_silence_s:
                 return self._set(State.LISTENING, t)
             return []
         wait = self.required_wait(text, self._smart_p)
-        if silence >= wait:
+        if silence >= wait and not held:
             return self._end_turn(t, text)
         actions: list[Action] = []
         p = self.completion_probability(text, self._smart_p)
@@ -233,7 +244,7 @@ class TurnController:
                 actions.append(Action("discard", text=self.speculating, data={"t": t}))
             self.speculating = text
             actions.append(Action("speculate", text=text, data={"t": t, "speech_end": self.speech_end}))
-        elif self._backchannel_due(t, silence, wait):
+        elif not held and self._backchannel_due(t, silence, wait):
             actions += self._backchannel(t)
         return actions
 

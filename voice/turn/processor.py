@@ -25,6 +25,7 @@ from voice.frames import (
     ReplyHeldFrame,
     ReplyReleasedFrame,
     SpeculativeContextFrame,
+    SpeechPendingFrame,
     SpeechStartedFrame,
     SpeechStoppedFrame,
     TranscriptFrame,
@@ -154,6 +155,9 @@ class TurnProcessor(FrameProcessor):
             starts_turn = c.state in (State.LISTENING, State.THINKING, State.AGENT_SPEAKING)
             self.events.emit("user_speech_start", turn=c.turn + starts_turn, t=frame.onset)
             await self._apply(c.on_speech_started(self.now, frame.onset))
+            return
+        if isinstance(frame, SpeechPendingFrame):
+            await self._apply(c.on_speech_pending(self.now, frame.onset))
             return
         if isinstance(frame, SpeechStoppedFrame):
             self.events.emit("user_speech_stop", turn=c.turn, t=frame.end)
