@@ -167,6 +167,23 @@ def test_barge_in_then_real_interruption_is_answered():
     assert d.actions[-1].kind == "confirm" and "London" in d.actions[-1].text
 
 
+def test_an_interjection_after_a_barge_in_is_not_vetoed_by_smart_turn():
+    # The agent has just gone quiet mid-reply: the interjection gets the short wait even
+    # where Smart Turn (on a voice it cannot judge) calls it unfinished.
+    d = Driver().speak(1.5).advance(0.2).transcript("Tell me about Paris.", smart_p=0.9).advance(0.6)
+    d._take(d.c.on_agent_audio_started(d.t))
+    d.advance(1.0).speak(1.2)
+    end = d.t
+    d.advance(0.2).transcript("Wait, what about London?", smart_p=0.01).advance(0.8)
+    confirm = d.actions[-1]
+    assert confirm.kind == "confirm" and abs(confirm.data["t"] - end - 0.45) <= 0.021
+    # The next turn, begun in silence, is judged as usual again.
+    d._take(d.c.on_agent_audio_started(d.t))
+    d._take(d.c.on_agent_audio_stopped(d.t + 1.0))
+    d.advance(1.5).speak(1.5).advance(0.2).transcript("And what about Rome?", smart_p=0.01).advance(0.8)
+    assert d.actions[-1].kind == "speculate", "vetoed: waits mid_wait_s"
+
+
 def test_cough_or_backchannel_over_agent_resumes_it():
     for heard in ("", "Yeah."):
         d = Driver().speak(1.5).advance(0.2).transcript("Tell me a story.", smart_p=0.9).advance(0.6)

@@ -108,6 +108,7 @@ class TurnController:
         # The VAD hears a possible onset it has not confirmed yet (vad.start_s): the user
         # may be going on, so the agent takes no turn, backchannel or resume until it decides.
         self._pending_onset: float | None = None
+        self._interjection = False  # the current turn began by cutting the agent off
 
     # --- helpers -------------------------------------------------------------------
     def _set(self, state: State, t: float) -> list[Action]:
@@ -151,7 +152,10 @@ class TurnController:
         p = self.completion_probability(text, smart_p)
         if p <= cfg.incomplete_p:
             return cfg.max_wait_s
-        vetoed = smart_p is not None and smart_p < cfg.smart_turn_veto_p
+        # Not after a barge-in: the agent has just gone quiet mid-reply, the user's
+        # interjection is a whole short bid ("Wait, what about Paris?"), and a second of
+        # silence after it sounds like a broken agent.
+        vetoed = smart_p is not None and smart_p < cfg.smart_turn_veto_p and not self._interjection
         complete = p >= cfg.complete_p and not vetoed
         if complete and is_request(text):
             return cfg.endpoint_silence_s
@@ -174,6 +178,7 @@ class TurnController:
             actions.append(Action("interrupt", data={"t": t, "onset": onset, "state": self.state.value}))
             self.barge_in = {"onset": onset, "t": t}
             self._new_turn()
+            self._interjection = True
         elif self.state == State.LISTENING:
             self._new_turn()
         elif self.state == State.USER_PAUSED and self.speculating is not None:
@@ -186,6 +191,7 @@ class TurnController:
 
     def _new_turn(self) -> None:
         self.turn += 1
+        self._interjection = False
         self.transcript = ""
         self._turn_speech_s = 0.0
         self._smart_p = None
