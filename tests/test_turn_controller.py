@@ -99,7 +99,7 @@ def test_complete_question_short_wait_with_speculation_confirmed():
 def test_smart_turn_sure_of_a_cut_off_vetoes_the_short_wait():
     # The recogniser turned "Is it a good idea to" into a whole question; Smart Turn is
     # sure the turn goes on: the mixed-evidence wait, with the reply still speculated.
-    d = Driver().speak(2.0)
+    d = Driver(smart_turn_veto_p=0.05).speak(2.0)
     end = d.t
     d.advance(0.2).transcript("Is it a good idea to act?", smart_p=0.02).advance(0.5)
     assert "confirm" not in d.kinds() and "commit" not in d.kinds()
@@ -107,9 +107,10 @@ def test_smart_turn_sure_of_a_cut_off_vetoes_the_short_wait():
     assert "speculate" in d.kinds()
     assert abs(d.first("confirm").data["t"] - end - d.c.config.mid_wait_s) <= 0.021
     # Unsure is not a veto: the short wait stands.
-    assert Driver().c.required_wait("Is it a good idea to act?", 0.2) == TurnConfig().endpoint_silence_s
-    assert TurnController(TurnConfig(smart_turn_veto_p=0.0)).required_wait("Is it a good idea to act?", 0.02) \
+    assert Driver(smart_turn_veto_p=0.05).c.required_wait("Is it a good idea to act?", 0.2) \
         == TurnConfig().endpoint_silence_s
+    # Off (the default): the text decides.
+    assert Driver().c.required_wait("Is it a good idea to act?", 0.02) == TurnConfig().endpoint_silence_s
 
 
 def test_unfinished_clause_waits_long():
@@ -170,7 +171,7 @@ def test_barge_in_then_real_interruption_is_answered():
 def test_an_interjection_after_a_barge_in_is_not_vetoed_by_smart_turn():
     # The agent has just gone quiet mid-reply: the interjection gets the short wait even
     # where Smart Turn (on a voice it cannot judge) calls it unfinished.
-    d = Driver().speak(1.5).advance(0.2).transcript("Tell me about Paris.", smart_p=0.9).advance(0.6)
+    d = Driver(smart_turn_veto_p=0.05).speak(1.5).advance(0.2).transcript("Tell me about Paris.", smart_p=0.9).advance(0.6)
     d._take(d.c.on_agent_audio_started(d.t))
     d.advance(1.0).speak(1.2)
     end = d.t
@@ -210,9 +211,9 @@ def test_smart_turn_is_only_needed_when_the_text_leaves_the_turn_end_open():
     assert not c.smart_turn_matters("I went to the store and")         # unfinished whatever it says
     assert c.smart_turn_matters("We drove up to the lake.")
     assert c.smart_turn_matters("what is the best way to learn a language")
-    # With the veto on (the default), a clear question needs Smart Turn's word too.
-    assert TurnController(TurnConfig()).smart_turn_matters("What is the capital of France?")
-    assert not TurnController(TurnConfig()).smart_turn_matters("I went to the store and")
+    # With the veto on, a clear question needs Smart Turn's word too.
+    assert TurnController(TurnConfig(smart_turn_veto_p=0.05)).smart_turn_matters("What is the capital of France?")
+    assert not TurnController(TurnConfig(smart_turn_veto_p=0.05)).smart_turn_matters("I went to the store and")
     # The skip is exact: for the texts it skips, every Smart Turn probability gives the same wait.
     for text in ("What is the capital of France?", "I went to the store and", "um"):
         assert not c.smart_turn_matters(text)

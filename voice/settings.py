@@ -113,8 +113,9 @@ class TurnSettings(BaseModel):
     monologue_max_wait_s: float = Field(1.8, ge=0.1, le=8.0)
     # Fused P(turn complete) = w * SmartTurn + (1 - w) * text cues; thresholds for short/long waits.
     smart_turn_weight: float = Field(0.35, ge=0.0, le=1.0)
-    # Smart Turn below this vetoes the short wait of a turn that reads complete (0 = off).
-    smart_turn_veto_p: float = Field(0.05, ge=0.0, le=1.0)
+    # Smart Turn below this vetoes the short wait of a turn that reads complete (0 = off;
+    # 0.05 for callers whose speech Smart Turn judges well, see docs/turn-taking.md).
+    smart_turn_veto_p: float = Field(0.0, ge=0.0, le=1.0)
     complete_p: float = Field(0.6, ge=0.0, le=1.0)
     incomplete_p: float = Field(0.3, ge=0.0, le=1.0)
     speculate: bool = True

@@ -61,8 +61,10 @@ class TurnConfig:
     smart_turn_weight: float = 0.35    # Smart Turn vs text cues in the fused probability
     # Smart Turn this sure the turn goes on (P(complete) below this) vetoes the short
     # wait that the text alone would give: the recogniser makes whole questions out of
-    # cut-offs ("Is it a good idea to" -> "Is it a good idea to act?").
-    smart_turn_veto_p: float = 0.05
+    # cut-offs ("Is it a good idea to" -> "Is it a good idea to act?"). Off (0) by
+    # default: Smart Turn scores many complete questions in espeak-ng voices 0.01-0.03
+    # (docs/turn-taking.md); 0.05 suits callers whose speech it judges well.
+    smart_turn_veto_p: float = 0.0
     speculate: bool = True             # engines that cannot discard a started reply turn it off
     speculate_min_p: float = 0.5
     # Start the reply this long before the endpoint would be confirmed (the time it
