@@ -35,9 +35,9 @@ def load_voice(path: Path, config: Path):
 
     onnxruntime's default intra-op threads spin after each parallel section. On a
     2-core machine shared with the ASR, the LLM and other sessions' synthesis,
-    that spin is stolen time: under load a 2.5 s sentence cost 390 ms of CPU
-    instead of 270 ms, and took longer (docs/scaling.md). Alone it is about 8 %
-    slower, a few ms on a first clause.
+    that spin is stolen time: with another core busy a 2.9 s sentence cost 393 ms
+    of CPU instead of 268 ms, and took 268 ms instead of 247 (docs/scaling.md).
+    Alone it is about 8 % slower (144 against 133 ms), a few ms on a first clause.
     """
     import json
 

@@ -90,7 +90,8 @@ def test_a_reply_uses_one_thread_while_the_analysis_thread_is_busy():
     next(pieces)
     assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (1, 1)
     release.set()
-    job.result(10), queued.result(10)
+    job.result(10)
+    queued.result(10)
     assert analysis.in_flight == 0
     next(pieces)
     assert llama_cpp.llama_n_threads(ctx) == 2, "alone again: both cores"

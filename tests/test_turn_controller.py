@@ -237,7 +237,6 @@ def test_no_turn_end_while_the_vad_weighs_a_possible_next_word():
     # The user starts again just as the wait runs out: the VAD needs start_s to be
     # sure, and the agent must not take the turn in that window.
     d = Driver().speak(2.0)
-    end = d.t
     d.advance(0.2).transcript("What time is it in Tokyo?", smart_p=0.9)
     d.advance(0.2)
     d._take(d.c.on_speech_pending(d.t, d.t))

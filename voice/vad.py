@@ -68,7 +68,7 @@ class SpeechDetector:
     def now(self) -> float:
         return self.samples / PIPELINE_RATE
 
-    def process(self, pcm: bytes, echo=None) -> list[tuple[str, float]]:
+    def process(self, pcm: bytes, echo=None) -> list[tuple[str, float | None]]:
         """Feed 16 kHz int16 mono (any multiple of 10 ms); return events in order.
 
         ("start", onset) and ("stop", end) bound speech; while silent, ("pending", onset)
@@ -86,7 +86,7 @@ class SpeechDetector:
             out.extend(self._frame(chunk))
         return out
 
-    def _frame(self, chunk: np.ndarray) -> list[tuple[str, float]]:
+    def _frame(self, chunk: np.ndarray) -> list[tuple[str, float | None]]:
         t0 = self.now
         self.samples += len(chunk)
         t1 = self.now
@@ -100,7 +100,7 @@ class SpeechDetector:
         is_speech = gate and self._prob >= self._threshold
         if is_speech and self._echo is not None and self._echo.is_echo(audio, t0):
             is_speech = False
-        events: list[tuple[str, float]] = []
+        events: list[tuple[str, float | None]] = []
         if is_speech:
             self._last_speech_end = t1
             if not self.speaking:
