@@ -1,4 +1,11 @@
-"""Speech first: on a few cores, the synthesis a listener waits for outranks the LLM.
+"""CPU sharing between the models and the audio path on a few cores.
+
+Model priority (``model_nice``, off by default): :func:`lower_thread_priority`
+makes the threads that run inference nicer than the event loop, which moves
+every session's audio (Opus, RTP, the 20 ms frames). With the cores full,
+packets then leave on time and replies start later.
+
+Speech first: on a few cores, the synthesis a listener waits for outranks the LLM.
 
 The LLM produces text far faster than it is spoken (tens of tokens per second
 against about three words per second), yet it runs on the same cores as Piper.
@@ -10,10 +17,34 @@ synthesis cannot starve it.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Run the calling thread, and the threads it starts from now on, ``nice`` steps below the main thread.
+
+    Linux keeps a nice value per thread and a new thread inherits its creator's,
+    so a model's thread pools, created on a thread lowered first, run lowered
+    too. Elsewhere ``setpriority`` would lower the whole process, audio path
+    included, so this does nothing there.
+    """
+    if nice <= 0 or sys.platform != "linux":
+        return
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # on Linux: the main thread's nice value
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, base + nice))
+    except OSError:  # a sandbox that forbids it: run at the normal priority
+        pass
+
+
+def model_executor(workers: int, name: str, nice: int, executor=ThreadPoolExecutor):
+    """A thread pool whose threads run at model priority (see :func:`lower_thread_priority`)."""
+    return executor(workers, thread_name_prefix=name, initializer=lower_thread_priority, initargs=(nice,))
 
 
 class SpeechFirst:

@@ -11,7 +11,7 @@ from loguru import logger
 
 from models.asr import BatchingTranscriber, Transcriber, load_transcriber
 from models.backchannel import synthesize_backchannels
-from models.cpu import TrackedExecutor
+from models.cpu import TrackedExecutor, model_executor
 from models.llm import LocalLLM, load_local_llm
 from models.tts import PiperSynth
 from models.turn import SmartTurn
@@ -51,7 +51,16 @@ class Runtime:
 
     @classmethod
     def load(cls, settings) -> "Runtime":
-        """Load ASR, TTS and (for the llama-cpp backend) the LLM; WeightsNotFound on missing weights."""
+        """Load ASR, TTS and (for the llama-cpp backend) the LLM; WeightsNotFound on missing weights.
+
+        The models load on a thread at model priority (``settings.model_nice``), so the
+        thread pools they create run there too; so do the executors their work runs on.
+        """
+        with model_executor(1, "load", settings.model_nice) as loader:
+            return loader.submit(cls._load, settings).result()
+
+    @classmethod
+    def _load(cls, settings) -> "Runtime":
         started = time.perf_counter()
         # The sessions' pipeline code (pipecat's services, the OpenAI client) takes about
         # 1 s to import. Imported here, with the models, it no longer blocks the event
@@ -60,7 +69,7 @@ class Runtime:
 
         transcriber = load_transcriber(settings.asr)
         synth = PiperSynth(settings.tts.voice, settings.tts.speaker_id, settings.tts.length_scale)
-        analysis = TrackedExecutor(1, thread_name_prefix="analysis")
+        analysis = model_executor(1, "analysis", settings.model_nice, executor=TrackedExecutor)
         local_llm = None
         if settings.llm.backend == "llama-cpp" and settings.pipeline == "cascaded":
             local_llm = load_local_llm(settings.llm, speech_first=synth.speech_first,
@@ -69,7 +78,8 @@ class Runtime:
         smart_turn = SmartTurn()
         backchannels = synthesize_backchannels(synth)
         runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
-                      analysis=analysis, native_spec=settings.native.model)
+                      analysis=analysis, reply_threads=model_executor(64, "reply", settings.model_nice),
+                      native_spec=settings.native.model)
         if settings.asr.batch_max > 1 and hasattr(transcriber, "transcribe_batch"):
             runtime.transcriber = BatchingTranscriber(transcriber, runtime.analysis, settings.asr.batch_max)
         if settings.pipeline == "native":

@@ -1,0 +1,79 @@
+"""Model threads run below the audio path (models/cpu.py, voice/runtime.py); Linux keeps nice values per thread."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+
+from models.cpu import lower_thread_priority, model_executor
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)  # on Linux: the calling thread's
+
+
+def test_a_lowered_thread_and_the_threads_it_starts_run_nicer_while_the_main_thread_does_not():
+    base = _nice()
+    seen: dict[str, int] = {}
+
+    def child() -> None:
+        seen["child"] = _nice()
+
+    def lowered() -> None:
+        lower_thread_priority(4)
+        seen["lowered"] = _nice()
+        started = threading.Thread(target=child)  # as a model's thread pool would be, created after
+        started.start()
+        started.join()
+
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen == {"lowered": min(19, base + 4), "child": min(19, base + 4)}
+    assert _nice() == base
+
+
+def test_a_pool_started_from_a_lowered_thread_is_lowered_once_not_twice():
+    base = _nice()
+    with model_executor(1, "outer", 4) as outer:
+        def inner_nice() -> int:
+            with model_executor(1, "inner", 4) as inner:
+                return inner.submit(_nice).result()
+
+        assert outer.submit(_nice).result() == min(19, base + 4)
+        assert outer.submit(inner_nice).result() == min(19, base + 4)
+
+
+def test_zero_leaves_the_threads_at_the_main_threads_priority():
+    with model_executor(1, "same", 0) as pool:
+        assert pool.submit(_nice).result() == _nice()
+
+
+def test_runtime_models_and_their_executors_run_at_model_priority():
+    """Every thread the model load starts (the models' own pools), the reply threads and the
+    analysis thread run ``model_nice`` below the main thread, which runs the event loop."""
+    from voice.runtime import Runtime
+    from voice.settings import Settings
+
+    def threads() -> set[int]:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+    def nice_of(tid: int) -> int:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+
+    base = _nice()
+    before = threads()
+    runtime = Runtime.load(Settings(model_nice=4))
+    started = threads() - before
+    lowered = min(19, base + 4)
+    assert started  # CTranslate2's and onnxruntime's pools, at least
+    assert {tid: nice_of(tid) for tid in started} == {tid: lowered for tid in started}
+    assert runtime.reply_threads.submit(_nice).result() == lowered
+    assert runtime.analysis.submit(_nice).result() == lowered
+    assert _nice() == base
