@@ -226,8 +226,8 @@ class Settings(BaseSettings):
     # Model inference threads (ASR, Smart Turn, LLM, TTS) run this many nice steps below
     # the audio path (the event loop: Opus, RTP, every session's 20 ms frames). Linux only.
     # 0 = same priority (default). At 4, 4 WebRTC sessions on 2 cores sent no packet over
-    # 60 ms late (2.5-11 % at 0), but replies came later: in process, N = 4 p90 1.52 s
-    # against 1.27 s (means of 4 runs each; docs/scaling.md).
+    # 60 ms late (a median 5 % at 0), but replies came later: in process, N = 4 p90 1.56 s
+    # against 1.30 s (four runs each, pooled; docs/scaling.md).
     model_nice: int = Field(0, ge=0, le=19)
 
     @field_validator("host")
