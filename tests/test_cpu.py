@@ -66,7 +66,7 @@ def nice_of(tid):
     try:
         with open(f"/proc/self/task/{tid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[16])
-    except FileNotFoundError:  # it has ended: it runs at no priority
+    except OSError:  # it ended while we looked (ENOENT or ESRCH): it runs at no priority
         return None
 
 before = threads()
