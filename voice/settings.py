@@ -38,8 +38,9 @@ class ASRSettings(BaseModel):
     # CTranslate2 threads per decode. One is faster here than two, alone and under
     # load: a 2-3 s question decodes in 71-84 ms against 89-121 ms, three batched in
     # 143-161 against 196-215 ms, and at N = 4 over WebRTC the agent used 72-79 %
-    # of a core against 83-86 % (docs/scaling.md). Whisper tiny's steps are too small
-    # to split, and a second thread only waits at the barrier next to the other models.
+    # of a core against 83-86 % (docs/scaling.md). Not profiled; likely tiny's matrices
+    # are too small for a second thread to repay its synchronisation. Measure again
+    # before using two with a larger model.
     cpu_threads: int = Field(1, ge=1)
     compute_type: str = "int8"
     # Decoding window in seconds. Whisper pads every call to 30 s; a shorter
