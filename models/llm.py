@@ -81,8 +81,11 @@ class LocalLLM:
             atexit.register(ctx.close)
         # Shared with the TTS of this process: generation pauses while speech is synthesised.
         self.speech_first = speech_first or SpeechFirst()
-        # Other model work on the same cores (the pause-time ASR and Smart Turn): a reply
-        # then evaluates and generates on one thread too.
+        # Other work on the same cores (the pause-time ASR and Smart Turn, other live
+        # conversations' audio): a reply then evaluates and generates on one thread too.
+        # llama.cpp's threads meet after every operation, so one interrupted thread holds
+        # the other: next to four streaming WebRTC sessions a token took 28-39 ms on two
+        # threads against 22-28 ms on one (16-20 and 22 ms on an idle machine).
         self._busy_elsewhere = busy_elsewhere or (lambda: False)
 
     def warm_up(self, system_prompt: str) -> None:

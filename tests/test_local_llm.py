@@ -96,3 +96,28 @@ def test_a_reply_uses_one_thread_while_the_analysis_thread_is_busy():
     next(pieces)
     assert llama_cpp.llama_n_threads(ctx) == 2, "alone again: both cores"
     pieces.close()
+
+
+def test_a_lone_reply_uses_one_thread_while_another_conversation_is_live(runtime):
+    """Two llama.cpp threads only for the only live conversation: another one's audio on the
+    same cores interrupts one thread, and the other waits for it after every operation."""
+    llm = runtime.local_llm
+    prompt = build_prompt(SYSTEM, [{"role": "user", "content": "How far away is the moon?"}])
+
+    def threads_of_a_reply() -> int:
+        pieces = llm.stream(prompt, max_tokens=8, temperature=0.0)
+        try:
+            next(pieces)
+            (ctx,) = [c for c in llm.contexts if c not in llm._free]
+            return llama_cpp.llama_n_threads(ctx._ctx.ctx)
+        finally:
+            pieces.close()
+
+    assert runtime.sessions.count == 0
+    with runtime.sessions.live():
+        assert threads_of_a_reply() == 2, "the only conversation: both cores"
+        with runtime.sessions.live():
+            assert runtime.sessions.count == 2
+            assert threads_of_a_reply() == 1
+        assert threads_of_a_reply() == 2, "alone again"
+    assert runtime.sessions.count == 0

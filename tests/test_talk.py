@@ -78,13 +78,25 @@ def test_two_turns_keep_context_and_order(tmp_path, settings, runtime, transcrib
 
 
 def test_silent_input_gives_silent_output_of_same_length(tmp_path, settings, runtime):
+    from pipecat.processors.frame_processor import FrameProcessor
+
+    class LiveCount(FrameProcessor):  # what the models see while the session runs
+        seen: set[int] = set()
+
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            self.seen.add(runtime.sessions.count)
+            await self.push_frame(frame, direction)
+
     wav = tmp_path / "silence.wav"
     write_wav(wav, np.zeros(16000 * 3, np.float32), 16000)
-    result = asyncio.run(talk_file(wav, tmp_path / "out.wav", None, settings, runtime=runtime))
+    result = asyncio.run(talk_file(wav, tmp_path / "out.wav", None, settings, runtime=runtime, probe=LiveCount()))
     out = read_wav(tmp_path / "out.wav")
     assert abs(len(out) - 16000 * 3) <= 16000 * 0.05
     assert float(np.max(np.abs(out))) == 0.0
     assert not result.events.of("endpoint")
+    assert LiveCount.seen == {1}, "the running session counts as live"
+    assert runtime.sessions.count == 0, "and no longer once it ended"
 
 
 def test_cli_talk_writes_output_and_events(tmp_path):

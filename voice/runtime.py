@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -15,6 +17,29 @@ from models.cpu import TrackedExecutor, model_executor
 from models.llm import LocalLLM, load_local_llm
 from models.tts import PiperSynth
 from models.turn import SmartTurn
+
+
+class LiveSessions:
+    """How many conversations this process runs now (``voice.session.run_session`` counts them).
+
+    Read from model threads: a second live conversation streams audio on the
+    same cores (10-14 % of a core per WebRTC session), and llama.cpp's two
+    threads then wait on each other at every operation (models/llm.py).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.count -= 1
 
 
 @dataclass
@@ -35,6 +60,7 @@ class Runtime:
     reply_threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="reply"))
     native_spec: str = "moshi"
+    sessions: LiveSessions = field(default_factory=LiveSessions)
     _native: object = None
     _native_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -70,16 +96,17 @@ class Runtime:
         transcriber = load_transcriber(settings.asr)
         synth = PiperSynth(settings.tts.voice, settings.tts.speaker_id, settings.tts.length_scale)
         analysis = model_executor(1, "analysis", settings.model_nice, executor=TrackedExecutor)
+        sessions = LiveSessions()
         local_llm = None
         if settings.llm.backend == "llama-cpp" and settings.pipeline == "cascaded":
             local_llm = load_local_llm(settings.llm, speech_first=synth.speech_first,
-                                       busy_elsewhere=lambda: analysis.in_flight > 0)
+                                       busy_elsewhere=lambda: analysis.in_flight > 0 or sessions.count > 1)
             local_llm.warm_up(settings.llm.system_prompt)
         smart_turn = SmartTurn()
         backchannels = synthesize_backchannels(synth)
         runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
                       analysis=analysis, reply_threads=model_executor(64, "reply", settings.model_nice),
-                      native_spec=settings.native.model)
+                      native_spec=settings.native.model, sessions=sessions)
         if settings.asr.batch_max > 1 and hasattr(transcriber, "transcribe_batch"):
             runtime.transcriber = BatchingTranscriber(transcriber, runtime.analysis, settings.asr.batch_max)
         if settings.pipeline == "native":

@@ -117,9 +117,10 @@ async def run_session(transport: BaseTransport, runtime, settings, *, transport_
     events.emit("session_start", transport=transport_name, pipeline=pipeline_kind,
                 caller=caller, callee=callee, echo_guard=echo_guard)
     try:
-        runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
-        await runner.add_workers(session.worker)
-        await runner.run()
+        with runtime.sessions.live():
+            runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+            await runner.add_workers(session.worker)
+            await runner.run()
     finally:
         events.emit("session_end", turns=len(session.conversation.marks))
         # --- session record: write what is left, finish the audio files ---

@@ -70,9 +70,9 @@ class LLMSettings(BaseModel):
     # Tools the model may call. None exist yet and none are registered with the
     # LLM service, so any tool call an endpoint returns is refused (see voice/llm.py).
     allowed_tools: list[str] = []
-    # Threads of a reply that generates alone (the first clause is what the caller
-    # waits for); replies that generate at once use one thread each. Piper gets the
-    # cores anyway: generation pauses while it synthesises (models/cpu.py).
+    # Threads of a reply that generates alone, in the only live conversation (the first
+    # clause is what the caller waits for); otherwise one thread per reply (models/llm.py).
+    # Piper gets the cores anyway: generation pauses while it synthesises (models/cpu.py).
     threads: int = Field(2, ge=1)
     context_tokens: int = Field(2048, ge=256)
     # llama.cpp contexts over the one memory-mapped model: replies that generate at once
