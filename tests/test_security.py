@@ -95,6 +95,25 @@ async def test_loopback_needs_no_token():
     assert r.status_code == 401  # no key configured: no tokens either
 
 
+async def test_turn_credentials_go_only_to_who_may_start_a_session():
+    turn = {"ice_servers": ["stun:stun.example.org:3478", "turn:turn.example.org:3478"],
+            "turn_username": "relay", "turn_password": "relay-secret"}
+    app, settings = _app(host="0.0.0.0", security={"api_key": KEY, "token_ttl_s": 60}, webrtc=turn)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = await _request(app, "GET", "/api/config", headers=headers)
+        assert r.status_code == 200 and r.json()["auth_required"] is True
+        assert r.json()["ice_servers"] == [{"urls": "stun:stun.example.org:3478"}]
+        assert "relay-secret" not in r.text
+    token, _ = security.mint_token(KEY, 60)
+    r = await _request(app, "GET", "/api/config", headers={"Authorization": f"Bearer {token}"})
+    assert {"urls": "turn:turn.example.org:3478", "username": "relay", "credential": "relay-secret"} \
+        in r.json()["ice_servers"]
+    assert r.headers["cache-control"] == "no-store"
+    # On loopback no token is needed, so the page gets them as before.
+    app, _ = _app(webrtc=turn)
+    assert "relay-secret" in (await _request(app, "GET", "/api/config")).text
+
+
 async def test_public_bind_requires_key_or_token():
     app, settings = _app(host="0.0.0.0", security={"api_key": KEY, "token_ttl_s": 60})
     assert (await _request(app, "GET", "/api/config")).json()["auth_required"] is True

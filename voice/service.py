@@ -6,7 +6,8 @@ loads the models once and runs it under uvicorn (``voice serve``).
 Endpoints
   GET  /             the browser client (web/index.html, app.js, style.css)
   GET  /health       {"status": "ok", "ready": true, "sessions": N, "max_sessions": M}
-  GET  /api/config   what the page needs: ICE servers, pipelines, limits
+  GET  /api/config   what the page needs: ICE servers (TURN credentials only with a valid token
+                     where one is required), pipelines, limits
   POST /api/offer    {"sdp", "type": "offer", "pc_id"?, "pipeline"?} -> {"sdp", "type": "answer", "pc_id", "session"}
   PATCH /api/offer   trickle ICE: {"pc_id", "candidates": [{"candidate", "sdp_mid", "sdp_mline_index"}]}
   POST /api/token    (Authorization: Bearer API_KEY) -> {"token", "expires_at", "ttl_s"}
@@ -327,12 +328,20 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
         return out
 
     @app.get("/api/config")
-    async def config():
+    async def config(request: Request):
         from voice.transports.webrtc import page_ice_servers
 
-        return {"ice_servers": page_ice_servers(settings), "pipelines": state.pipelines(),
-                "pipeline": settings.pipeline, "max_sessions": settings.max_sessions,
-                "auth_required": security.auth_required(settings)}
+        ice = page_ice_servers(settings)
+        try:
+            security.check_session_request(settings, request.headers)
+        except security.AuthError:
+            # Open to all (the page learns here that it needs a token), but TURN credentials
+            # only go to whoever may start a session: they let anyone relay through the server.
+            ice = [server for server in ice if "credential" not in server]
+        return JSONResponse({"ice_servers": ice, "pipelines": state.pipelines(),
+                             "pipeline": settings.pipeline, "max_sessions": settings.max_sessions,
+                             "auth_required": security.auth_required(settings)},
+                            headers={"Cache-Control": "no-store"})
 
     @app.post("/api/token")
     async def token(request: Request):

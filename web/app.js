@@ -336,7 +336,8 @@ async function connect() {
 
     let config = { ice_servers: [] };
     try {
-      const r = await fetch("/api/config");
+      // With the token: a server that requires one gives TURN credentials only to its holders.
+      const r = await fetch("/api/config", { headers: authHeaders() });
       if (r.ok) config = await r.json();
     } catch {
       throw new Error("Cannot reach the server. Is `voice serve` running?");
