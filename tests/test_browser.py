@@ -191,3 +191,97 @@ def test_browser_errors_are_readable(runtime_and_settings, tmp_path):
             assert "microphone" in page.inner_text("#error").lower()
         finally:
             context.close()
+
+
+class _NotLiveKit:
+    """Where the page is told the LiveKit server is: records each request, answers 401.
+
+    No LiveKit server can run on these machines. This stands in for one only as
+    far as refusing the join (as a server refuses a bad token: 401 on the
+    signalling socket and on its validate endpoint, with CORS as LiveKit sends
+    it), so the test sees what the page's real LiveKit client sent.
+    """
+
+    REASON = "no LiveKit server here (test stand-in)"
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        requests = self.requests = []
+        reason = self.REASON
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                requests.append(self.path)
+                body = reason.encode()
+                self.send_response(401)
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"ws://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_browser_joins_a_livekit_room_when_the_server_is_in_livekit_mode(runtime_and_settings, tmp_path):
+    """LiveKit mode: the page offers the LiveKit route, fetches a room token and hands it to the real
+    LiveKit JS client (web/vendor), which opens LiveKit's signalling socket with it; a refused join is
+    one readable line and the microphone is released. Media through a real LiveKit server is not
+    exercised (none can run here)."""
+    _require(CHROMIUM)
+    from urllib.parse import parse_qs, urlparse
+
+    from playwright.sync_api import sync_playwright
+
+    api = pytest.importorskip("livekit.api")
+    from voice.settings import LiveKitSettings
+
+    key, secret = "devkey", "a-secret-of-at-least-32-characters-long"
+    with _NotLiveKit() as stand_in:
+        lk = LiveKitSettings(url=stand_in.url, api_key=key, api_secret=secret, agent_name="voice-agent")
+        with _server(runtime_and_settings, livekit=lk) as url, sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=chromium_args(None))
+            try:
+                page = context.new_page()
+                page.goto(url + "/")
+                page.wait_for_selector("#route-row:not([hidden])", timeout=10_000)
+                assert page.input_value("#route") == "livekit"
+                assert page.is_disabled("#pipeline"), "the worker's engine answers in a room"
+                page.click("#connect")
+                page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+                error = page.inner_text("#error")
+                joined = page.evaluate("window.voiceApp.liveKit")
+                page.wait_for_function("window.voiceApp.state === 'idle' && !window.voiceApp.mic"
+                                       " && !window.voiceApp.room", timeout=10_000)
+                assert page.locator("#connect").inner_text() == "Connect"
+            finally:
+                context.close()
+
+    assert error.startswith(f"Cannot join the LiveKit room at {stand_in.url}"), error
+    assert stand_in.REASON in error, error
+    assert "\n" not in error.strip()
+    # The LiveKit client opened the signalling path with the page's room token ...
+    signalling = [r for r in stand_in.requests if urlparse(r).path.rstrip("/") in ("/rtc", "/rtc/v1")]
+    assert signalling, stand_in.requests
+    token = parse_qs(urlparse(signalling[0]).query)["access_token"][0]
+    claims = api.TokenVerifier(key, secret).verify(token)
+    # ... for the room and identity the service gave the page, asking for our agent there.
+    assert claims.video.room == joined["room"] and claims.identity == joined["identity"]
+    assert claims.video.room_join and claims.video.can_publish and claims.video.can_subscribe
+    assert [a.agent_name for a in claims.room_config.agents] == ["voice-agent"]

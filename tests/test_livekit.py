@@ -157,6 +157,9 @@ def test_token_endpoint():
 
     generated = client.get("/api/livekit/token").json()
     assert generated["room"].startswith("call-")
+    # The page learns from its config which route it may offer.
+    assert client.get("/api/config").json()["livekit"] is True
+    assert off.get("/api/config").json()["livekit"] is False
     for bad in ("", "a b", "x" * 65, "../etc", "room/1"):
         r = client.get("/api/livekit/token", params={"room": bad})
         assert r.status_code == 400 if bad else r.status_code in (200, 400)
@@ -241,3 +244,70 @@ def test_session_counter_is_the_load():
     assert c.load() == 1.0
     c.release()
     assert c.live == 1 and c.load() == 0.5
+
+
+# ----------------------------------------------------------- page messages in a room
+
+
+async def test_room_messages_wait_for_the_room_keep_their_order_and_find_the_caller():
+    """The page's session messages as data packets: none before the room is joined (pipecat's
+    sender drops them), then every one in order, events from other threads too; to the room
+    until the caller is known, to the caller after."""
+    import json
+    import threading
+
+    from voice.events import EventLog
+    from voice.transports.page_messages import EventForwarder
+
+    sent: list[tuple[dict, str | None]] = []
+
+    async def publish(text: str, identity: str | None) -> None:  # the room's sender
+        await asyncio.sleep(0.001 * (len(sent) % 3))  # packets take uneven time to go out
+        sent.append((json.loads(text), identity))
+
+    messages = lkmod.RoomMessages(publish)
+    forwarder = EventForwarder(messages.deliver, asyncio.get_running_loop())
+    events = EventLog("s-1")
+    events.subscribe(forwarder)
+    forwarder.send({"type": "session", "session": "s-1", "pipeline": "cascaded"})
+    events.emit("state", state="listening")
+    await asyncio.sleep(0.05)
+    assert sent == [], "nothing goes out before the room is joined"
+
+    messages.joined()
+    worker = threading.Thread(target=lambda: [events.emit("asr_text", turn=1, text=f"word {k}") for k in range(20)])
+    worker.start()
+    worker.join()
+    assert await messages.flush(2.0)
+    messages.caller = "user-abc"
+    forwarder.send({"type": "ready", "session": "s-1"})
+    events.emit("turn_metrics", turn=1, voice_to_voice=np.float32(0.71))
+    assert await messages.flush(2.0)
+    messages.close()
+
+    kinds = [m.get("event", m["type"]) for m, _ in sent]
+    assert kinds == ["session", "state"] + ["asr_text"] * 20 + ["ready", "turn_metrics"]
+    assert [m["text"] for m, _ in sent if m.get("event") == "asr_text"] == [f"word {k}" for k in range(20)]
+    assert all(who is None for _, who in sent[:22]) and all(who == "user-abc" for _, who in sent[22:])
+    assert sent[-1][0]["voice_to_voice"] == pytest.approx(0.71) and sent[-1][0]["type"] == "event"
+
+
+async def test_room_messages_survive_a_failing_sender_and_stay_bounded():
+    import json
+
+    sent: list[dict] = []
+
+    async def publish(text: str, identity: str | None) -> None:
+        message = json.loads(text)
+        if message.get("n") == 1:
+            raise ConnectionError("room gone")
+        sent.append(message)
+
+    messages = lkmod.RoomMessages(publish, max_queued=3)
+    for n in range(5):
+        messages.deliver({"type": "event", "n": n})
+    assert messages.dropped == 2  # not joined yet: three wait, the rest are dropped
+    messages.joined()
+    assert await messages.flush(2.0)
+    assert [m["n"] for m in sent] == [0, 2]
+    messages.close()

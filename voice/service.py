@@ -338,9 +338,12 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
             # Open to all (the page learns here that it needs a token), but TURN credentials
             # only go to whoever may start a session: they let anyone relay through the server.
             ice = [server for server in ice if "credential" not in server]
+        lk = getattr(settings, "livekit", None)
         return JSONResponse({"ice_servers": ice, "pipelines": state.pipelines(),
                              "pipeline": settings.pipeline, "max_sessions": settings.max_sessions,
-                             "auth_required": security.auth_required(settings)},
+                             "auth_required": security.auth_required(settings),
+                             # the page may join a LiveKit room instead (GET /api/livekit/token)
+                             "livekit": bool(lk is not None and lk.enabled)},
                             headers={"Cache-Control": "no-store"})
 
     @app.post("/api/token")

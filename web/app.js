@@ -1,12 +1,14 @@
-// Browser client for the voice agent: one RTCPeerConnection to POST /api/offer,
-// microphone up, agent audio down, session events over the data channel.
-// Plain ES module, no build step.
+// Browser client for the voice agent. Two routes, one set of session messages:
+// direct, one RTCPeerConnection to POST /api/offer (events over its data channel);
+// or, when the server is in LiveKit mode, a LiveKit room that a `voice worker`
+// is dispatched to (events as data packets). Plain ES module, no build step.
 
 const $ = (id) => document.getElementById(id);
 
 const ui = {
   state: $("state"), stateLabel: $("state-label"), mic: $("mic"), pipeline: $("pipeline"),
   aec: $("aec"), ns: $("ns"), agc: $("agc"), connect: $("connect"), session: $("session"),
+  route: $("route"), routeRow: $("route-row"),
   error: $("error"), micMeter: $("mic-meter"), agentMeter: $("agent-meter"),
   transcript: $("transcript"), empty: $("transcript-empty"), latency: $("latency").tBodies[0],
   audio: $("agent-audio"),
@@ -20,7 +22,7 @@ const STATE_LABELS = {
 
 // Everything about the current call; exposed as window.voiceApp for diagnostics and tests.
 const app = {
-  pc: null, channel: null, mic: null, audioCtx: null, pcId: null, sessionId: null,
+  pc: null, channel: null, room: null, mic: null, audioCtx: null, pcId: null, sessionId: null,
   state: "idle", heartbeat: null, meterTimer: null, pendingCandidates: [],
   stats: { micPeak: 0, agentPeak: 0, messages: 0, events: {} },
   turns: new Map(), // turn -> {user: li, agent: li}
@@ -45,7 +47,13 @@ function showError(message) {
 function setConnected(connected) {
   ui.connect.textContent = connected ? "Disconnect" : "Connect";
   ui.connect.classList.toggle("connected", connected);
-  for (const el of [ui.mic, ui.pipeline, ui.aec, ui.ns, ui.agc]) el.disabled = connected;
+  for (const el of [ui.mic, ui.aec, ui.ns, ui.agc, ui.route]) el.disabled = connected;
+  // In a LiveKit room the engine is the worker's own.
+  ui.pipeline.disabled = connected || usesLiveKit();
+}
+
+function usesLiveKit() {
+  return !!app.liveKitAvailable && ui.route.value === "livekit";
 }
 
 function turnEntry(turn) {
@@ -323,7 +331,7 @@ function onEvent(e) {
 // ------------------------------------------------------------------ connect / disconnect
 
 async function connect() {
-  if (app.connecting || app.pc) return;
+  if (app.connecting || app.pc || app.room) return;
   app.connecting = true;
   showError("");
   setState("connecting");
@@ -356,57 +364,8 @@ async function connect() {
     listMicrophones().catch(() => {}); // labels are visible once permission is granted
     app.micAnalyser = analyser(app.mic);
 
-    const pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
-    app.pc = pc;
-    app.pendingCandidates = [];
-    const channel = pc.createDataChannel("events", { ordered: true });
-    app.channel = channel;
-    channel.onmessage = (ev) => onMessage(ev.data);
-    channel.onopen = () => {
-      app.heartbeat = setInterval(() => {
-        if (channel.readyState === "open") channel.send(JSON.stringify({ type: "heartbeat" }));
-      }, 1000);
-    };
-    pc.addTransceiver(app.mic.getAudioTracks()[0], { direction: "sendrecv", streams: [app.mic] });
-    pc.ontrack = (ev) => {
-      const stream = ev.streams[0] || new MediaStream([ev.track]);
-      ui.audio.srcObject = stream;
-      ui.audio.play().catch(() => {});
-      app.agentAnalyser = analyser(stream);
-    };
-    pc.onicecandidate = (ev) => {
-      if (!ev.candidate || !app.sentOffer) return;
-      app.pendingCandidates.push({
-        candidate: ev.candidate.candidate, sdp_mid: ev.candidate.sdpMid, sdp_mline_index: ev.candidate.sdpMLineIndex,
-      });
-      flushCandidates();
-    };
-    pc.onconnectionstatechange = () => {
-      if (pc !== app.pc) return;
-      if (pc.connectionState === "failed") {
-        showError("The connection to the agent was lost (ICE failed). Check the network and connect again.");
-        disconnect(false);
-      } else if (pc.connectionState === "disconnected") {
-        setState("connecting");
-      } else if (pc.connectionState === "connected" && app.state === "connecting" && app.sessionId) {
-        // "ready" arrives over the data channel; this is a fallback label only.
-      }
-    };
-
-    app.sentOffer = false;
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc, 2000);
-    app.sentOffer = true;
-    const answer = await postJSON("POST", "/api/offer", {
-      sdp: pc.localDescription.sdp, type: "offer", pipeline: ui.pipeline.value,
-    });
-    if (pc !== app.pc) return; // disconnected meanwhile
-    app.pcId = answer.pc_id;
-    app.sessionId = answer.session;
-    ui.session.textContent = `session ${answer.session}`;
-    await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
-    await flushCandidates();
-    startMeters();
+    if (config.livekit && usesLiveKit()) await joinLiveKitRoom();
+    else await connectDirect(config);
   } catch (err) {
     showError(err.message || String(err));
     await disconnect(false, false);
@@ -417,8 +376,129 @@ async function connect() {
   }
 }
 
+// ------------------------------------------------------------------ direct route
+
+async function connectDirect(config) {
+  const pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
+  app.pc = pc;
+  app.pendingCandidates = [];
+  const channel = pc.createDataChannel("events", { ordered: true });
+  app.channel = channel;
+  channel.onmessage = (ev) => onMessage(ev.data);
+  channel.onopen = () => {
+    app.heartbeat = setInterval(() => {
+      if (channel.readyState === "open") channel.send(JSON.stringify({ type: "heartbeat" }));
+    }, 1000);
+  };
+  pc.addTransceiver(app.mic.getAudioTracks()[0], { direction: "sendrecv", streams: [app.mic] });
+  pc.ontrack = (ev) => {
+    const stream = ev.streams[0] || new MediaStream([ev.track]);
+    ui.audio.srcObject = stream;
+    ui.audio.play().catch(() => {});
+    app.agentAnalyser = analyser(stream);
+  };
+  pc.onicecandidate = (ev) => {
+    if (!ev.candidate || !app.sentOffer) return;
+    app.pendingCandidates.push({
+      candidate: ev.candidate.candidate, sdp_mid: ev.candidate.sdpMid, sdp_mline_index: ev.candidate.sdpMLineIndex,
+    });
+    flushCandidates();
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc !== app.pc) return;
+    if (pc.connectionState === "failed") {
+      showError("The connection to the agent was lost (ICE failed). Check the network and connect again.");
+      disconnect(false);
+    } else if (pc.connectionState === "disconnected") {
+      setState("connecting");
+    } else if (pc.connectionState === "connected" && app.state === "connecting" && app.sessionId) {
+      // "ready" arrives over the data channel; this is a fallback label only.
+    }
+  };
+
+  app.sentOffer = false;
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitForIceGathering(pc, 2000);
+  app.sentOffer = true;
+  const answer = await postJSON("POST", "/api/offer", {
+    sdp: pc.localDescription.sdp, type: "offer", pipeline: ui.pipeline.value,
+  });
+  if (pc !== app.pc) return; // disconnected meanwhile
+  app.pcId = answer.pc_id;
+  app.sessionId = answer.session;
+  ui.session.textContent = `session ${answer.session}`;
+  await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+  await flushCandidates();
+  startMeters();
+}
+
+// ------------------------------------------------------------------ LiveKit route
+
+const LIVEKIT_CLIENT = "/vendor/livekit-client.umd.js";
+const AGENT_WAIT_MS = 20000; // a room with no agent after this: no worker took the job
+
+function loadScript(src) {
+  if (window.LivekitClient) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = src;
+    script.onload = () => resolve();
+    script.onerror = () => reject(new Error(`Could not load the LiveKit client (${src}).`));
+    document.head.append(script);
+  });
+}
+
+async function joinLiveKitRoom() {
+  await loadScript(LIVEKIT_CLIENT);
+  const LK = window.LivekitClient;
+  // A fresh room per call; the token asks LiveKit to dispatch the agent into it.
+  const grant = await postJSON("GET", "/api/livekit/token");
+  const room = new LK.Room({ adaptiveStream: false, dynacast: false });
+  app.room = room;
+  app.liveKit = { url: grant.url, room: grant.room, identity: grant.identity };
+  room.on(LK.RoomEvent.TrackSubscribed, (track) => {
+    if (room !== app.room || track.kind !== LK.Track.Kind.Audio) return;
+    track.attach(ui.audio);
+    ui.audio.play().catch(() => {});
+    app.agentAnalyser = analyser(new MediaStream([track.mediaStreamTrack]));
+  });
+  room.on(LK.RoomEvent.DataReceived, (payload) => {
+    if (room === app.room) onMessage(new TextDecoder().decode(payload));
+  });
+  room.on(LK.RoomEvent.ParticipantDisconnected, (participant) => {
+    if (room !== app.room || !participant.isAgent) return;
+    showError("The agent left the room.");
+    disconnect(false);
+  });
+  room.on(LK.RoomEvent.Disconnected, (reason) => {
+    if (room !== app.room) return; // our own hang-up
+    showError(`The LiveKit room closed (${LK.DisconnectReason?.[reason] ?? reason ?? "connection lost"}).`);
+    disconnect(false);
+  });
+  try {
+    await room.connect(grant.url, grant.token, { autoSubscribe: true });
+  } catch (err) {
+    throw new Error(`Cannot join the LiveKit room at ${grant.url}: ${err.message || err}`);
+  }
+  if (room !== app.room) return; // disconnected meanwhile
+  // The microphone the page already opened (device, processing and meter as chosen);
+  // no DTX: the agent hears a steady stream, as on the direct route.
+  await room.localParticipant.publishTrack(app.mic.getAudioTracks()[0],
+                                           { source: LK.Track.Source.Microphone, dtx: false });
+  ui.session.textContent = `room ${grant.room}`;
+  startMeters();
+  app.agentTimer = setTimeout(() => {
+    if (room !== app.room || app.sessionId) return;
+    showError("No agent joined the room. Is a `voice worker` registered with this LiveKit server?");
+    disconnect(false);
+  }, AGENT_WAIT_MS);
+}
+
 async function disconnect(sayBye = true, keepError = true) {
-  const { pc, channel } = app;
+  const { pc, channel, room } = app;
+  app.room = null; // first: the room's own Disconnected event is then ours, not an error
+  clearTimeout(app.agentTimer);
+  if (room) room.disconnect().catch(() => {});
   if (sayBye && channel?.readyState === "open") {
     try { channel.send(JSON.stringify({ type: "bye" })); } catch { /* closing anyway */ }
   }
@@ -426,7 +506,7 @@ async function disconnect(sayBye = true, keepError = true) {
   clearInterval(app.meterTimer);
   app.heartbeat = app.meterTimer = null;
   app.pc = app.channel = null;
-  app.pcId = null;
+  app.pcId = app.sessionId = null;
   if (pc) pc.close();
   app.mic?.getTracks().forEach((t) => t.stop());
   app.mic = null;
@@ -438,7 +518,8 @@ async function disconnect(sayBye = true, keepError = true) {
   setState(keepError && ui.error.hidden === false ? "ended" : "idle");
 }
 
-ui.connect.addEventListener("click", () => (app.pc || app.connecting ? disconnect(true) : connect()));
+ui.connect.addEventListener("click", () => (app.pc || app.room || app.connecting ? disconnect(true) : connect()));
+ui.route.addEventListener("change", () => setConnected(false));
 window.addEventListener("pagehide", () => disconnect(true));
 navigator.mediaDevices?.addEventListener?.("devicechange", () => listMicrophones().catch(() => {}));
 
@@ -454,6 +535,9 @@ async function loadConfig(first = false) {
   }
   if (!cfg) return;
   app.authRequired = !!cfg.auth_required;
+  app.liveKitAvailable = !!cfg.livekit;
+  ui.routeRow.hidden = !cfg.livekit;
+  if (!app.room && !app.pc) setConnected(false);
   if (first && app.authRequired && !sessionStorage.getItem(TOKEN_KEY)) {
     showError("This server needs an access token: open the page with ?token=YOUR_TOKEN.");
   }

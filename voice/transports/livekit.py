@@ -11,7 +11,9 @@
   ``LiveKitTransport`` and runs ``voice.session.run_session`` on it: the
   same VAD, ASR, turn controller, LLM and TTS as the browser and phone paths.
   The agent listens to one caller (the first remote participant that
-  publishes audio) and ends when that caller leaves.
+  publishes audio) and ends when that caller leaves. The page's session
+  messages (``voice.transports.page_messages``: transcripts, state, latency)
+  go to the caller as reliable data packets (:class:`RoomMessages`).
 * :func:`mint_room_token` makes the page's room token (``GET /api/livekit/token``).
 
 What runs against a real LiveKit server has not been exercised here (none can
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import socket
 import sys
 import threading
@@ -33,9 +36,11 @@ import numpy as np
 from loguru import logger
 
 from voice.audio import PIPELINE_RATE, FrameChunker
+from voice.transports.page_messages import EventForwarder
 
 OUTPUT_RATE = 48000  # Opus' native rate: LiveKit's encoder does no further resampling
 NO_CALLER_TIMEOUT_S = 60.0  # dispatched, but nobody with a microphone ever came
+END_FLUSH_S = 1.0  # how long a server-side end waits for its "end" message to leave
 
 
 class LiveKitConfigError(ValueError):
@@ -160,8 +165,11 @@ class LiveKitAudioConverter:
         return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
 
 
-def make_transport(url: str, token: str, room: str, clock):
-    """pipecat's LiveKitTransport with our input: one caller, exact 20 ms 16 kHz frames, the session clock."""
+def make_transport(url: str, token: str, room: str, clock, on_caller=None):
+    """pipecat's LiveKitTransport with our input: one caller, exact 20 ms 16 kHz frames, the session clock.
+
+    ``on_caller(identity)`` is called once, when the caller's first audio arrives.
+    """
     from pipecat.frames.frames import AudioRawFrame, InputAudioRawFrame
     from pipecat.transports.livekit.transport import LiveKitInputTransport, LiveKitParams, LiveKitTransport
 
@@ -183,6 +191,8 @@ def make_transport(url: str, token: str, room: str, clock):
             if self.caller is None and who:
                 self.caller = who
                 logger.info(f"livekit: listening to {who}")
+                if on_caller is not None:
+                    on_caller(who)
             if who and who != self.caller:
                 return  # one conversation: other participants' audio is not the caller's
             self.last_audio_at = time.monotonic()
@@ -204,6 +214,64 @@ def make_transport(url: str, token: str, room: str, clock):
 
 
 # ------------------------------------------------------------------ in a room
+
+
+class RoomMessages:
+    """The page's session messages to the room's caller, as reliable LiveKit data packets.
+
+    ``publish(text, identity)`` sends one packet (pipecat's
+    ``LiveKitTransport.send_message``; ``identity`` None = the whole room).
+    Messages wait until the room is joined (:meth:`joined`): a packet sent before
+    is dropped by the transport, and the first one says which session this is.
+    One task sends them, so they arrive in order. Until the caller is known they
+    go to the room (only the caller is in it, usually); then to the caller only.
+    """
+
+    def __init__(self, publish, max_queued: int = 1000):
+        self._publish = publish
+        self._queue: asyncio.Queue[str] = asyncio.Queue(max_queued)
+        self._joined = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.caller: str | None = None
+        self.dropped = 0
+
+    def deliver(self, message: dict) -> None:
+        """Queue one message (on the event loop's thread; :class:`EventForwarder` sees to that)."""
+        try:
+            self._queue.put_nowait(json.dumps(message))
+        except asyncio.QueueFull:  # a room that stopped taking packets must not grow memory
+            self.dropped += 1
+            return
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._send_all(), name="livekit-room-messages")
+
+    def joined(self) -> None:
+        self._joined.set()
+
+    async def _send_all(self) -> None:
+        await self._joined.wait()
+        while True:
+            text = await self._queue.get()
+            try:
+                await self._publish(text, self.caller)
+            except Exception as e:  # a failed packet must not stop the rest, nor the session
+                logger.debug(f"livekit: data packet not sent: {e}")
+            finally:
+                self._queue.task_done()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued message has been handed to the room; False on timeout."""
+        if not self._joined.is_set():
+            return self._queue.empty()
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 class SessionCounter:
@@ -240,15 +308,30 @@ async def run_room_session(url: str, token: str, room: str, runtime, settings, *
     from voice.session import run_session
 
     events = EventLog(new_session_id(), SessionClock())
-    transport = make_transport(url, token, room, events.clock)
     state: dict = {"session": None, "ended": None}
+
+    def caller_found(identity: str) -> None:
+        messages.caller = identity
+        forwarder.send({"type": "ready", "session": events.session_id})
+
+    transport = make_transport(url, token, room, events.clock, on_caller=caller_found)
+    messages = RoomMessages(transport.send_message)
+    forwarder = EventForwarder(messages.deliver, asyncio.get_running_loop())
+    events.subscribe(forwarder)
 
     async def end(reason: str):
         if state["ended"] is None:
             state["ended"] = reason
             logger.info(f"livekit session {events.session_id} in {room} ending: {reason}")
+            if reason not in ("caller left", "disconnected from the room"):
+                forwarder.send({"type": "end", "session": events.session_id, "reason": reason})
+                await messages.flush(END_FLUSH_S)
             if state["session"] is not None:
                 await state["session"].cancel()
+
+    @transport.event_handler("on_connected")
+    async def _joined(_transport):
+        messages.joined()
 
     @transport.event_handler("on_participant_disconnected")
     async def _left(_transport, participant_id):
@@ -269,12 +352,15 @@ async def run_room_session(url: str, token: str, room: str, runtime, settings, *
             elif last is not None and time.monotonic() - last > 10.0:
                 await end("caller audio stopped")
 
+    forwarder.send({"type": "session", "session": events.session_id, "pipeline": settings.pipeline})
     dog = asyncio.create_task(watchdog(), name=f"livekit-watchdog-{events.session_id}")
     try:
         await run_session(transport, runtime, settings, transport_name="livekit", events=events,
                           on_start=lambda s: state.update(session=s), callee=room)
     finally:
         dog.cancel()
+        forwarder.closed = True
+        messages.close()
     return events
 
 

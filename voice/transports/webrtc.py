@@ -5,27 +5,21 @@
   rate) and starts the session's input clock on the first frame.
 * :func:`run_webrtc_session` runs ``voice.session.run_session`` on it, forwards
   every session event to the page over the data channel (JSON, see
-  :func:`page_message`) and ends the session when the peer leaves: an explicit
+  :mod:`voice.transports.page_messages`) and ends the session when the peer leaves: an explicit
   ``{"type": "bye"}``, the peer connection closing or failing (ICE consent
   lost), heartbeats stopping, or no microphone audio arriving any more.
 * :func:`allow_loopback_candidates` makes aioice offer a 127.0.0.1 host
   candidate (it skips loopback by default), so a browser or client on the same
   machine can always connect.
 
-Messages to the page (data channel, JSON):
-  ``{"type": "session", "session": ID, "pipeline": P}`` first;
-  ``{"type": "ready", "session": ID}`` once the pipeline hears the microphone;
-  ``{"type": "event", "event": KIND, "t": .., "turn": .., ...}`` for every session event
-  (state, asr_partial, asr_text, agent_text, barge_in, turn_metrics, error, ...);
-  ``{"type": "end", "session": ID, "reason": R}`` when the server ends the session.
+Messages to the page: JSON over the data channel, as listed in
+:mod:`voice.transports.page_messages`.
 Messages from the page: ``{"type": "heartbeat"}`` (every second or so) and ``{"type": "bye"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +33,7 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCInputTransport, 
 
 from voice.audio import PIPELINE_RATE, FrameChunker
 from voice.events import EventLog, SessionClock
+from voice.transports.page_messages import EventForwarder
 
 OUTPUT_RATE = 48000  # Opus' native rate: aiortc's encoder does no further resampling
 
@@ -185,45 +180,6 @@ class VoiceWebRTCTransport(SmallWebRTCTransport):
         return self._input
 
 
-# ------------------------------------------------------------------- data channel
-
-
-def _plain(value: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe copy (numpy scalars, paths ... become numbers or strings)."""
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-def page_message(event: dict[str, Any]) -> dict[str, Any]:
-    """A session event as the page receives it: the event's own keys plus ``type: "event"``."""
-    return {**_plain(event), "type": "event"}
-
-
-class EventForwarder:
-    """Sends session events to the peer over the data channel (queued by pipecat until it opens)."""
-
-    def __init__(self, connection: SmallWebRTCConnection, loop: asyncio.AbstractEventLoop):
-        self._connection = connection
-        self._loop = loop
-        self._thread = threading.get_ident()
-        self.closed = False
-        self.sent = 0
-
-    def send(self, message: dict[str, Any]) -> None:
-        if self.closed:
-            return
-        if threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self.send, message)
-            return
-        try:
-            self._connection.send_app_message(message)
-            self.sent += 1
-        except Exception as e:  # a dead channel must not break the pipeline
-            logger.debug(f"data channel send failed: {e}")
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.send(page_message(event))
-
-
 # ------------------------------------------------------------------------ session
 
 
@@ -244,7 +200,7 @@ class WebRTCSession:
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         set_audio_jitter_prefetch(connection.pc)
-        self._forwarder = EventForwarder(connection, asyncio.get_running_loop())
+        self._forwarder = EventForwarder(connection.send_app_message, asyncio.get_running_loop())
         events.subscribe(self._forwarder)
         self._register_handlers()
 
