@@ -60,7 +60,7 @@ bench-latency: system-deps-run $(STAMP)
 
 # N simultaneous conversations, in process then over loopback WebRTC, ramped until real time breaks.
 bench-load: system-deps-run $(STAMP)
-	$(PY) -m bench.load --levels 1,2,3,4,6,8 --transport both --webrtc-max-n 2 --out out/bench-load
+	$(PY) -m bench.load --levels 1,2,3,4,6,8 --transport both --webrtc-max-n 4 --out out/bench-load
 
 bench: system-deps-run $(STAMP)
 	$(VENV)/bin/voice bench make-data out/fdb-data --n 5 --seed 0

@@ -31,7 +31,12 @@ Each N runs in a fresh subprocess (clean RSS and CPU figures); per N we report
     reported apart);
   * RSS: the agent process's resident memory before the sessions (models
     loaded and warmed up) and its peak during them; "per extra session" is
-    (peak(N) - peak(1)) / (N - 1) across the ramp.
+    (peak(N) - peak(1)) / (N - 1) across the ramp;
+  * heard as statements: questions the controller took only after the
+    statement wait, because the recogniser heard no question in them, and the
+    p90 of the other questions (turn-taking, not load, makes those turns late);
+  * the verdict per transport against the target (N = 4 with p90 <= 1.2 s and
+    <= 60 MB per extra session), also in summary.json.
 
 Over WebRTC with the service in its own process, "late input" is not
 measured (it is read inside the agent's pipeline).
@@ -66,6 +71,7 @@ LATE_INPUT_S = 0.10
 LATE_OUTPUT_S = 0.06
 TARGET_P90_S = 1.2
 TARGET_RSS_MB = 60.0
+TARGET_SESSIONS = 4
 BREAK_P90_S = 2.0
 
 # ``turns`` questions per conversation; session i takes rows i*turns ... i*turns+turns-1 (mod len).
@@ -402,6 +408,9 @@ def _session_row(i, spans, output, lags, underruns, late_output, result) -> dict
         row["output_packets"] = late_output["frames"]
     if result is not None:
         row["agent_v2v"] = [m.get("voice_to_voice") for m in result.turn_metrics()]
+        # How long the controller waited before taking each turn: the question wait, or the
+        # statement wait when the recogniser heard no question (see held_as_statements).
+        row["endpoint_delays"] = [m.get("endpoint_delay") for m in result.turn_metrics()]
         stages = {}
         for key in ("endpoint_delay", "asr_time", "llm_ttft", "tts_first_audio"):
             vals = [m.get(key) for m in result.turn_metrics() if m.get(key) is not None]
@@ -436,6 +445,7 @@ def _summarize(n, transport, rows, res) -> dict:
     else:
         pk = sum(r.get("output_packets", 0) for r in rows)
         out["late_output_pct"] = round(100 * sum(r.get("late_output_packets", 0) for r in rows) / pk, 2) if pk else None
+    out.update(_statement_waits(rows))
     stage_keys = ("endpoint_delay", "asr_time", "llm_ttft", "tts_first_audio")
     stages = {}
     for k in stage_keys:
@@ -444,6 +454,35 @@ def _summarize(n, transport, rows, res) -> dict:
     if any(v is not None for v in stages.values()):
         out["stage_medians"] = stages
     return out
+
+
+def _statement_waits(rows) -> dict:
+    """Questions the controller held for the statement wait, and the p90 of the others.
+
+    Every input is a question or a request, so a turn taken after the statement wait
+    (``turn.statement_wait_s`` or more) is one the recogniser heard as a statement
+    ("Is it going..." as "It's going..."). That is turn-taking (docs/turn-taking.md),
+    not load: the plain p90 above counts those turns; this shows how much they weigh.
+    Sessions whose agent turns do not pair one to one with their questions are left out.
+    """
+    from voice.settings import TurnSettings
+
+    statement_wait = TurnSettings().statement_wait_s
+    held, others, paired = 0, [], 0
+    for r in rows:
+        delays = r.get("endpoint_delays")
+        if delays is None or len(delays) != len(r["v2v"]):
+            continue
+        paired += len(delays)
+        for v, d in zip(r["v2v"], delays):
+            if d is not None and d >= statement_wait:
+                held += 1
+            elif v is not None:
+                others.append(v)
+    if not paired:
+        return {}
+    return {"held_as_statements": held, "paired_questions": paired,
+            "v2v_p90_question_wait": round(float(np.percentile(others, 90)), 3) if others else None}
 
 
 # --------------------------------------------------------------------------- ramp
@@ -466,6 +505,30 @@ def run_level_subprocess(n: int, transport: str, out: Path, stagger: float, batc
     return json.loads((level_dir / "level.json").read_text())
 
 
+def verdict(results: list[dict]) -> dict:
+    """Per transport: the largest N that held the p90 target, and whether the target is met."""
+    out = {}
+    for transport in dict.fromkeys(r["transport"] for r in results):
+        rs = sorted((r for r in results if r["transport"] == transport), key=lambda r: r["n"])
+        one = next((r for r in rs if r["n"] == 1), None)
+        held = [r["n"] for r in rs if r["v2v_p90"] is not None and r["v2v_p90"] <= TARGET_P90_S
+                and r["answered"] == r["questions"]]
+        at = next((r for r in rs if r["n"] == TARGET_SESSIONS), None)
+        growth = (round((at["peak_rss_mb"] - one["peak_rss_mb"]) / (TARGET_SESSIONS - 1), 1)
+                  if at is not None and one is not None else None)
+        if at is None:
+            broke = [r["n"] for r in rs if breaks_real_time(r)]
+            line = (f"missed: real time broke at N={broke[0]}" if broke and broke[0] < TARGET_SESSIONS
+                    else f"not measured at N={TARGET_SESSIONS}")
+            met = False if broke and broke[0] < TARGET_SESSIONS else None
+        else:
+            met = (TARGET_SESSIONS in held and (growth is None or growth <= TARGET_RSS_MB))
+            line = (f"{'met' if met else 'missed'} at N={TARGET_SESSIONS}: p90 {at['v2v_p90']} s"
+                    + (f", {growth} MB per extra session" if growth is not None else ""))
+        out[transport] = {"met": met, "largest_n_within_p90": max(held) if held else None, "line": line}
+    return out
+
+
 def breaks_real_time(s: dict) -> bool:
     """The level is no longer a live conversation: a question went unanswered, more than 1 % of the
     input came late, the speaker ran dry for more than 1 % of the agent's speech, or p90 v2v > 2 s."""
@@ -479,6 +542,9 @@ def print_row(s: dict) -> None:
              else f"late out {s['late_output_pct']}%")
     if s.get("callers_cpu_pct") is not None:
         extra += f"  callers' CPU {s['callers_cpu_pct']}%"
+    if s.get("held_as_statements"):
+        extra += (f"  heard as statements {s['held_as_statements']}/{s['paired_questions']}"
+                  f" (p90 of the rest {s['v2v_p90_question_wait']}s)")
     print(f"N={s['n']:<2} {s['transport']:<6} v2v p50 {s['v2v_p50']}s p90 {s['v2v_p90']}s max {s['v2v_max']}s "
           f"answered {s['answered']}/{s['questions']}  late in {s['late_input_pct']}% (lag p99 {s['input_lag_p99_worst']}s)  "
           f"{extra}  CPU {s['cpu_pct']}% (machine {s['machine_busy_pct']}%)  RSS {s['rss_before_mb']}->{s['peak_rss_mb']} MB"
@@ -491,7 +557,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,2,3,4,6", help="N values to try, in order (default 1,2,3,4,6)")
     ap.add_argument("--max-n", type=int, default=None, help="stop after this N")
     ap.add_argument("--transport", choices=["inproc", "webrtc", "both"], default="inproc")
-    ap.add_argument("--webrtc-max-n", type=int, default=2, help="largest N for WebRTC with --transport both")
+    ap.add_argument("--webrtc-max-n", type=int, default=4, help="largest N for WebRTC with --transport both")
     ap.add_argument("--server", choices=["subprocess", "inprocess"], default="subprocess",
                     help="WebRTC: the service as voice serve in its own process (default) or in the callers' process")
     ap.add_argument("--stagger", type=float, default=0.7, help="seconds between session starts")
@@ -542,10 +608,15 @@ def main() -> None:
                                       for r in rs if r["n"] > 1}
     summary = {"levels": [{k: v for k, v in r.items() if k != "sessions"} for r in results],
                "rss_per_extra_session_mb": per_session,
-               "target": {"v2v_p90_s": TARGET_P90_S, "rss_per_extra_session_mb": TARGET_RSS_MB, "sessions": 4},
+               "target": {"v2v_p90_s": TARGET_P90_S, "rss_per_extra_session_mb": TARGET_RSS_MB,
+                          "sessions": TARGET_SESSIONS},
                "cpu_count": os.cpu_count()}
+    summary["verdict"] = verdict(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"RSS growth per extra session (MB): {per_session}")
+    for transport, v in summary["verdict"].items():
+        print(f"target (>= {TARGET_SESSIONS} sessions, p90 <= {TARGET_P90_S} s, <= {TARGET_RSS_MB:.0f} MB per extra "
+              f"session), {transport}: {v['line']}", flush=True)
     print(f"wrote {out / 'summary.json'}")
 
 

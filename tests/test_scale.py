@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.load import voice_to_voice
+from bench.load import _statement_waits, verdict, voice_to_voice
 from voice.settings import load_settings, redacted
 from voice.vad import SpeechDetector, shared_silero
 
@@ -38,3 +38,35 @@ def test_livekit_secret_is_redacted():
     assert s.livekit.enabled
     assert redacted(s)["livekit"]["api_secret"] == "***"
     assert not load_settings().livekit.enabled
+
+
+def test_load_report_separates_questions_heard_as_statements():
+    """A question taken only after the statement wait counts apart; the plain p90 still counts it."""
+    rows = [
+        {"v2v": [0.7, 1.33, 0.8], "endpoint_delays": [0.46, 1.22, 0.46]},  # the second heard as a statement
+        {"v2v": [0.9, 1.0], "endpoint_delays": [0.46, 0.46]},
+        {"v2v": [0.6, 0.7], "endpoint_delays": [0.46]},  # an agent turn short: not paired, left out
+    ]
+    out = _statement_waits(rows)
+    assert out["held_as_statements"] == 1 and out["paired_questions"] == 5
+    assert out["v2v_p90_question_wait"] == round(float(np.percentile([0.7, 0.8, 0.9, 1.0], 90)), 3)
+    assert _statement_waits([{"v2v": [0.7]}]) == {}  # no agent-side metrics: nothing to say
+
+
+def _level(transport, n, p90, rss, answered=12):
+    return {"transport": transport, "n": n, "v2v_p90": p90, "peak_rss_mb": rss, "answered": answered,
+            "questions": 12, "late_input_pct": 0, "late_output_pct": 0}
+
+
+def test_load_verdict_against_the_target():
+    results = [_level("inproc", 1, 0.8, 1000), _level("inproc", 2, 0.9, 1020), _level("inproc", 4, 1.1, 1090),
+               _level("webrtc", 1, 0.9, 1000), _level("webrtc", 4, 1.29, 1080),
+               _level("other", 1, 0.8, 1000), _level("other", 4, 1.0, 1300)]
+    v = verdict(results)
+    assert v["inproc"]["met"] is True and v["inproc"]["largest_n_within_p90"] == 4
+    assert v["inproc"]["line"] == "met at N=4: p90 1.1 s, 30.0 MB per extra session"
+    assert v["webrtc"]["met"] is False and v["webrtc"]["largest_n_within_p90"] == 1
+    assert v["other"]["met"] is False  # fast enough, but 100 MB per extra session
+    broke = verdict([_level("webrtc", 1, 0.9, 1000), _level("webrtc", 2, 2.5, 1010)])
+    assert broke["webrtc"]["met"] is False and "real time broke at N=2" in broke["webrtc"]["line"]
+    assert verdict([_level("webrtc", 1, 0.9, 1000)])["webrtc"]["met"] is None
