@@ -285,3 +285,34 @@ def test_browser_joins_a_livekit_room_when_the_server_is_in_livekit_mode(runtime
     assert claims.video.room == joined["room"] and claims.identity == joined["identity"]
     assert claims.video.room_join and claims.video.can_publish and claims.video.can_subscribe
     assert [a.agent_name for a in claims.room_config.agents] == ["voice-agent"]
+
+
+def test_browser_says_when_the_livekit_server_is_down(runtime_and_settings, tmp_path):
+    """Nothing listening at the LiveKit URL: one line naming it, back to idle, microphone released."""
+    _require(CHROMIUM)
+    import socket
+
+    from playwright.sync_api import sync_playwright
+
+    pytest.importorskip("livekit.api")
+    from voice.settings import LiveKitSettings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"ws://127.0.0.1:{s.getsockname()[1]}"  # free once the socket closes
+    lk = LiveKitSettings(url=closed, api_key="devkey", api_secret="a-secret-of-at-least-32-characters-long")
+    with _server(runtime_and_settings, livekit=lk) as url, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=chromium_args(None))
+        try:
+            page = context.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#route-row:not([hidden])", timeout=10_000)
+            page.click("#connect")
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            page.wait_for_function("window.voiceApp.state === 'idle' && !window.voiceApp.mic", timeout=10_000)
+            error = page.inner_text("#error")
+        finally:
+            context.close()
+    assert error.startswith(f"Cannot join the LiveKit room at {closed}:"), error
+    assert "\n" not in error.strip()

@@ -470,14 +470,17 @@ async function joinLiveKitRoom() {
     showError("The agent left the room.");
     disconnect(false);
   });
+  let joined = false; // a failed join is reported by room.connect() below, with the server's reason
   room.on(LK.RoomEvent.Disconnected, (reason) => {
-    if (room !== app.room) return; // our own hang-up
+    if (room !== app.room || !joined) return; // our own hang-up, or the join failing
     showError(`The LiveKit room closed (${LK.DisconnectReason?.[reason] ?? reason ?? "connection lost"}).`);
     disconnect(false);
   });
   try {
     await room.connect(grant.url, grant.token, { autoSubscribe: true });
+    joined = true;
   } catch (err) {
+    if (room !== app.room) return; // the user hung up while it was joining
     throw new Error(`Cannot join the LiveKit room at ${grant.url}: ${err.message || err}`);
   }
   if (room !== app.room) return; // disconnected meanwhile
