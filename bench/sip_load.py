@@ -291,6 +291,10 @@ async def place_calls(host: str, port: int, questions: list[Question], hold_s: f
         cmd = [SIPP, f"{host}:{port}", "-sf", str(scen), "-m", "1", "-l", "1", "-i", "127.0.0.1",
                "-mi", "127.0.0.1", "-p", str(p.sip_port), "-mp", str(p.rtp_port), "-t", transport, "-nostdin",
                "-cid_str", p.call_id.replace("-1@", "-%u@"),  # SIPp matches replies by its own Call-ID
+               # A stray message is logged, not fatal: through the front (kamailio, several UDP
+               # workers) a 180 sent just before the 200 can arrive after it, and a UAC ignores a
+               # late provisional (RFC 3261 13.2.2.4). The call must still run to its end.
+               "-default_behaviors", "all,-abortunexp",
                "-timeout", f"{int(limit)}s", "-timeout_error", "-trace_err",
                "-error_file", str(work / f"call{p.q.idx}_err.log"),
                "-trace_msg", "-message_file", str(work / f"call{p.q.idx}_msg.log")]

@@ -238,6 +238,37 @@ class _NotLiveKit:
         self._server.server_close()
 
 
+LIVEKIT_KEY, LIVEKIT_SECRET = "devkey", "a-secret-of-at-least-32-characters-long"
+
+
+def _connect_in_livekit_mode(runtime_and_settings, tmp_path, livekit_url: str) -> dict:
+    """The page against a service in LiveKit mode (LiveKit at ``livekit_url``): check the route it
+    offers, press Connect, wait for the error and for the page to be idle again with the microphone
+    released; return the error and what the page joined with."""
+    from playwright.sync_api import sync_playwright
+
+    from voice.settings import LiveKitSettings
+
+    lk = LiveKitSettings(url=livekit_url, api_key=LIVEKIT_KEY, api_secret=LIVEKIT_SECRET, agent_name="voice-agent")
+    with _server(runtime_and_settings, livekit=lk) as url, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=chromium_args(None))
+        try:
+            page = context.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#route-row:not([hidden])", timeout=10_000)
+            assert page.input_value("#route") == "livekit"
+            assert page.is_disabled("#pipeline"), "the worker's engine answers in a room"
+            page.click("#connect")
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            page.wait_for_function("window.voiceApp.state === 'idle' && !window.voiceApp.mic"
+                                   " && !window.voiceApp.room", timeout=10_000)
+            assert page.locator("#connect").inner_text() == "Connect"
+            return {"error": page.inner_text("#error"), "joined": page.evaluate("window.voiceApp.liveKit")}
+        finally:
+            context.close()
+
+
 def test_browser_joins_a_livekit_room_when_the_server_is_in_livekit_mode(runtime_and_settings, tmp_path):
     """LiveKit mode: the page offers the LiveKit route, fetches a room token and hands it to the real
     LiveKit JS client (web/vendor), which opens LiveKit's signalling socket with it; a refused join is
@@ -246,32 +277,10 @@ def test_browser_joins_a_livekit_room_when_the_server_is_in_livekit_mode(runtime
     _require(CHROMIUM)
     from urllib.parse import parse_qs, urlparse
 
-    from playwright.sync_api import sync_playwright
-
     api = pytest.importorskip("livekit.api")
-    from voice.settings import LiveKitSettings
-
-    key, secret = "devkey", "a-secret-of-at-least-32-characters-long"
     with _NotLiveKit() as stand_in:
-        lk = LiveKitSettings(url=stand_in.url, api_key=key, api_secret=secret, agent_name="voice-agent")
-        with _server(runtime_and_settings, livekit=lk) as url, sync_playwright() as p:
-            context = p.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=chromium_args(None))
-            try:
-                page = context.new_page()
-                page.goto(url + "/")
-                page.wait_for_selector("#route-row:not([hidden])", timeout=10_000)
-                assert page.input_value("#route") == "livekit"
-                assert page.is_disabled("#pipeline"), "the worker's engine answers in a room"
-                page.click("#connect")
-                page.wait_for_selector("#error:not([hidden])", timeout=30_000)
-                error = page.inner_text("#error")
-                joined = page.evaluate("window.voiceApp.liveKit")
-                page.wait_for_function("window.voiceApp.state === 'idle' && !window.voiceApp.mic"
-                                       " && !window.voiceApp.room", timeout=10_000)
-                assert page.locator("#connect").inner_text() == "Connect"
-            finally:
-                context.close()
+        seen = _connect_in_livekit_mode(runtime_and_settings, tmp_path, stand_in.url)
+    error, joined = seen["error"], seen["joined"]
 
     assert error.startswith(f"Cannot join the LiveKit room at {stand_in.url}"), error
     assert stand_in.REASON in error, error
@@ -280,7 +289,7 @@ def test_browser_joins_a_livekit_room_when_the_server_is_in_livekit_mode(runtime
     signalling = [r for r in stand_in.requests if urlparse(r).path.rstrip("/") in ("/rtc", "/rtc/v1")]
     assert signalling, stand_in.requests
     token = parse_qs(urlparse(signalling[0]).query)["access_token"][0]
-    claims = api.TokenVerifier(key, secret).verify(token)
+    claims = api.TokenVerifier(LIVEKIT_KEY, LIVEKIT_SECRET).verify(token)
     # ... for the room and identity the service gave the page, asking for our agent there.
     assert claims.video.room == joined["room"] and claims.identity == joined["identity"]
     assert claims.video.room_join and claims.video.can_publish and claims.video.can_subscribe
@@ -292,27 +301,10 @@ def test_browser_says_when_the_livekit_server_is_down(runtime_and_settings, tmp_
     _require(CHROMIUM)
     import socket
 
-    from playwright.sync_api import sync_playwright
-
     pytest.importorskip("livekit.api")
-    from voice.settings import LiveKitSettings
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"ws://127.0.0.1:{s.getsockname()[1]}"  # free once the socket closes
-    lk = LiveKitSettings(url=closed, api_key="devkey", api_secret="a-secret-of-at-least-32-characters-long")
-    with _server(runtime_and_settings, livekit=lk) as url, sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=chromium_args(None))
-        try:
-            page = context.new_page()
-            page.goto(url + "/")
-            page.wait_for_selector("#route-row:not([hidden])", timeout=10_000)
-            page.click("#connect")
-            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
-            page.wait_for_function("window.voiceApp.state === 'idle' && !window.voiceApp.mic", timeout=10_000)
-            error = page.inner_text("#error")
-        finally:
-            context.close()
+    error = _connect_in_livekit_mode(runtime_and_settings, tmp_path, closed)["error"]
     assert error.startswith(f"Cannot join the LiveKit room at {closed}:"), error
     assert "\n" not in error.strip()
