@@ -460,14 +460,14 @@ def _statement_waits(rows) -> dict:
     """Questions the controller held for the statement wait, and the p90 of the others.
 
     Every input is a question or a request, so a turn taken after the statement wait
-    (``turn.statement_wait_s`` or more) is one the recogniser heard as a statement
+    (``turn.statement_wait_s`` or more, read from the settings the service also reads) is one the recogniser heard as a statement
     ("Is it going..." as "It's going..."). That is turn-taking (docs/turn-taking.md),
     not load: the plain p90 above counts those turns; this shows how much they weigh.
     Sessions whose agent turns do not pair one to one with their questions are left out.
     """
-    from voice.settings import TurnSettings
+    from voice.settings import load_settings
 
-    statement_wait = TurnSettings().statement_wait_s
+    statement_wait = load_settings().turn.statement_wait_s  # as the service sees it (same environment)
     held, others, paired = 0, [], 0
     for r in rows:
         delays = r.get("endpoint_delays")
