@@ -3,7 +3,7 @@
 Heavy imports (torch, moshi, transformers, snac) happen only when a model is built.
 """
 
-from models.native.base import DuplexModel, StepOutput
+from models.native.base import DuplexModel, ModelBusy, StepOutput
 from models.native.loader import load_native, parse_spec
 
-__all__ = ["DuplexModel", "StepOutput", "load_native", "parse_spec"]
+__all__ = ["DuplexModel", "ModelBusy", "StepOutput", "load_native", "parse_spec"]

@@ -39,6 +39,10 @@ class StepOutput:
     end: bool = False
 
 
+class ModelBusy(RuntimeError):
+    """The model cannot take another session now (no free slot, or no real-time margin)."""
+
+
 class DuplexModel(abc.ABC):
     """A native speech model behind a numpy interface."""
 

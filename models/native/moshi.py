@@ -117,8 +117,9 @@ class MoshiDuplex(DuplexModel):
         self.name = name
         self.mimi = mimi
         self.lm = lm
-        self.lm_gen = LMGen(lm, use_sampling=use_sampling, temp=temp, temp_text=temp_text,
-                            top_k=top_k, top_k_text=top_k_text)
+        self.gen_kwargs = dict(use_sampling=use_sampling, temp=temp, temp_text=temp_text,
+                               top_k=top_k, top_k_text=top_k_text)
+        self.lm_gen = LMGen(lm, **self.gen_kwargs)
         self.text_tokenizer = text_tokenizer
         self.sample_rate = int(mimi.sample_rate)
         self.input_rate = self.sample_rate
@@ -126,6 +127,7 @@ class MoshiDuplex(DuplexModel):
         self.device = next(lm.parameters()).device
         self._pad_ids = {int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)}
         self._lock = threading.Lock()
+        self._extra_gens: list = []  # the LMGens of batch engines (see batch_engine)
 
     # -- state ---------------------------------------------------------------
     def new_state(self) -> MoshiState:
@@ -143,7 +145,7 @@ class MoshiDuplex(DuplexModel):
             return state
 
     def _detach(self) -> None:
-        for m in (self.lm_gen, self.lm, self.mimi):
+        for m in (*self._extra_gens, self.lm_gen, self.lm, self.mimi):
             if m.is_streaming:
                 m._stop_streaming()
 
@@ -191,6 +193,120 @@ class MoshiDuplex(DuplexModel):
         if text:
             state.text_pieces.append(text)
         return StepOutput(audio=audio, text=text, text_token=token)
+
+    def batch_engine(self, slots: int) -> "MoshiBatch":
+        """A pool of ``slots`` sessions stepped together (see models.native.batching)."""
+        return MoshiBatch(self, slots)
+
+
+class MoshiBatch:
+    """The streaming state of ``slots`` sessions at once, stepped by one batched model call.
+
+    Built on moshi's own batch support: every streaming module keeps its state per
+    batch item, ``reset_streaming(mask)`` resets chosen items and ``set_exec_mask``
+    leaves the state of masked items untouched by a step, so a slot without a frame
+    this tick, or a free slot, computes but does not advance. A slot reset when its
+    session joins starts from the same state as a fresh session alone, so with
+    greedy decoding each slot produces what ``MoshiDuplex.step`` produces for the
+    same frames, whoever else is in the batch (to float rounding of batched kernels).
+
+    Its states live detached from the shared modules like ``MoshiState``'s and are
+    attached under the model's lock for each step, so batch engines and lone
+    sessions can share one loaded model.
+    """
+
+    def __init__(self, model: MoshiDuplex, slots: int) -> None:
+        import torch
+        from moshi.models import LMGen
+        from moshi.modules.streaming import StreamingModule
+
+        if slots < 1:
+            raise ValueError(f"a batch needs at least one slot, got {slots}")
+        self.model = model
+        self.slots = int(slots)
+        # support_out_of_sync: LMGen otherwise returns None for the whole batch for a
+        # step after any reset (its shared offset_cpu goes back to 0); each slot's own
+        # offset says whether its output is real yet.
+        self.gen = LMGen(model.lm, support_out_of_sync=True, **model.gen_kwargs)
+        with model._lock:
+            model._extra_gens.append(self.gen)
+            model._detach()
+            mimi_stack = model.mimi.streaming(self.slots)
+            gen_stack = self.gen.streaming(self.slots)
+            self._mimi = model.mimi.get_streaming_state()
+            self._gen = self.gen.get_streaming_state()
+            self._lm = model.lm.get_streaming_state()
+            # Mimi's decoding half gets its own mask: a slot whose tokens are not ready
+            # yet (the acoustic delay is filling) must not advance its decoder.
+            self._decode_states = [m._streaming_state for part in (model.mimi.upsample,
+                                   model.mimi.decoder_transformer, model.mimi.decoder)
+                                   if part is not None for m in part.modules()
+                                   if isinstance(m, StreamingModule) and m._streaming_state is not None]
+            gen_stack.close()
+            mimi_stack.close()
+        self._x = torch.zeros(self.slots, 1, model.frame_size, dtype=torch.float32)
+
+    def _attach(self) -> None:
+        self.model.mimi.set_streaming_state(self._mimi)
+        self.gen.set_streaming_state(self._gen)
+        self.model.lm.set_streaming_state(self._lm)
+
+    def step(self, frames: dict[int, np.ndarray], reset: tuple[int, ...] | list[int] = ()
+             ) -> dict[int, StepOutput]:
+        """One model step for every slot in ``frames`` (slot -> input frame); others stand still.
+
+        ``reset``: slots to return to a fresh session's state first (a session joined).
+        """
+        import torch
+
+        m = self.model
+        n = self.slots
+        bad = [i for i in (*frames, *reset) if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"slot {bad[0]} is not in 0..{n - 1}")
+        x = self._x
+        x.zero_()
+        run = torch.zeros(n, dtype=torch.bool)
+        for i, pcm in frames.items():
+            x[i, 0] = torch.from_numpy(as_float_frame(pcm, m.frame_size))
+            run[i] = True
+        if not frames:
+            return {}
+        dev = m.device
+        with m._lock, torch.no_grad():
+            self._attach()
+            try:
+                if reset:
+                    mask = torch.zeros(n, dtype=torch.bool)
+                    mask[list(reset)] = True
+                    mask = mask.to(dev)
+                    m.mimi.reset_streaming(mask)
+                    self.gen.reset_streaming(mask)
+                run_d = run.to(dev)
+                m.mimi.set_exec_mask(run_d)
+                self.gen.set_exec_mask(run_d)
+                codes = m.mimi.encode(x.to(dev))
+                tokens = self.gen.step(codes)  # [n, 9, 1]; never None with support_out_of_sync
+                ready = run_d & (self._gen[""].offsets > self.gen.max_delay)
+                audio = None
+                if bool(ready.any()):
+                    for st in self._decode_states:
+                        st.set_exec_mask(ready)
+                    codes_out = torch.where(ready[:, None, None], tokens[:, 1:], torch.zeros_like(tokens[:, 1:]))
+                    audio = m.mimi.decode(codes_out)[:, 0].float().cpu().numpy()
+                ready_h = ready.cpu().numpy()
+                text_h = tokens[:, 0, 0].cpu().numpy()
+            finally:
+                m._detach()
+        out: dict[int, StepOutput] = {}
+        for i in frames:
+            if not ready_h[i]:
+                out[i] = StepOutput(audio=m.silence())
+                continue
+            token = int(text_h[i])
+            out[i] = StepOutput(audio=np.ascontiguousarray(audio[i], dtype=np.float32),
+                                text=m.text_of(token), text_token=token)
+        return out
 
 
 # -- building and loading ------------------------------------------------------

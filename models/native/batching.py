@@ -1,0 +1,277 @@
+"""One batched model step per tick for every live session of a full-duplex model.
+
+``BatchedDuplex`` wraps a full-duplex ``DuplexModel`` that can build a batch
+engine (``model.batch_engine(slots)``, e.g. ``MoshiBatch``) and is itself a
+``DuplexModel``: ``new_state`` takes a slot, ``step`` hands the session's frame
+to the next tick and waits for that tick's output, ``close_state`` frees the
+slot. The pipeline code (``voice/native.py``) does not know it is batched.
+
+A tick steps every slot that has a frame waiting, in one batched call over a
+fixed pool of ``slots``; slots without a frame (a late session, one sending no
+audio, a free slot) are masked: they compute but do not advance, so a session's
+output depends only on its own frames, never on who else is in the batch or on
+when its frames arrived. A session joining gets its slot reset inside the next
+tick that carries its first frame.
+
+When does a tick run? As soon as every *live* session has a frame waiting, or
+when the oldest waiting frame has waited ``max_wait_s`` (default: one frame,
+80 ms for Moshi). A live session is one that sent a frame in the last two
+frame periods, so a session that stops sending holds nobody up for longer
+than that. One session alone is stepped as soon as its frame arrives; sessions
+in real time, whatever their phases, share one tick per frame period.
+
+Admission: ``new_state`` raises ``ModelBusy`` when every slot is taken or when
+recent ticks leave no real-time margin (p90 over ``admit_max_load`` of a frame).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.native.base import DuplexModel, ModelBusy, StepOutput, as_float_frame
+
+__all__ = ["BatchedDuplex", "Slot"]
+
+
+@dataclass(eq=False)
+class Slot:
+    """One session's place in the pool (its streaming state lives in the batch engine)."""
+
+    index: int
+    opened: float
+    fresh: bool = True  # reset the slot's state in the next tick that steps it
+    closed: bool = False
+    last_frame: float | None = None
+    steps: int = 0
+    pending: tuple[np.ndarray, Future, float] | None = None
+    text_pieces: list[str] = field(default_factory=list)
+
+
+class BatchedDuplex(DuplexModel):
+    full_duplex = True
+
+    def __init__(self, model: DuplexModel, slots: int = 8, *, max_wait_s: float | None = None,
+                 admit_max_load: float = 0.9, history: int = 50, autostart: bool = True,
+                 step_timeout_s: float = 30.0) -> None:
+        if not model.full_duplex:
+            raise ValueError(f"{model.name} is half-duplex: only full-duplex models are batched per tick")
+        if slots < 1:
+            raise ValueError(f"native slots must be at least 1, got {slots}")
+        self.model = model
+        self.name = f"{model.name} x{slots}"
+        self.sample_rate = model.sample_rate
+        self.input_rate = model.input_rate
+        self.frame_size = model.frame_size
+        self.slots = int(slots)
+        self.engine = model.batch_engine(self.slots)
+        self.frame_s = model.frame_ms / 1000.0
+        self.max_wait_s = self.frame_s if max_wait_s is None else float(max_wait_s)
+        self.live_window_s = 2 * self.frame_s
+        self.admit_max_load = admit_max_load
+        self.step_timeout_s = step_timeout_s
+        self._free = list(range(self.slots))
+        self._slots: dict[int, Slot] = {}  # index -> open slot
+        self._cv = threading.Condition()
+        self._tick_lock = threading.Lock()  # one tick at a time (the loop's or a caller's)
+        self._ticks: deque[tuple[float, int, float]] = deque(maxlen=history)  # (ms, frames, end time)
+        self._n_ticks = 0
+        self._refused = 0
+        self._autostart = autostart
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # -- sessions ---------------------------------------------------------------------------
+    def admits(self) -> str | None:
+        """Why a new session would be refused now (None: it would be admitted)."""
+        with self._cv:
+            return self._refusal()
+
+    def _refusal(self) -> str | None:
+        if self._stopped:
+            return "the native model is shutting down"
+        if not self._free:
+            return f"all {self.slots} native model slots are in use"
+        recent = [ms for ms, _, _ in list(self._ticks)[-20:]]
+        if len(recent) >= 5:
+            p90 = float(np.percentile(recent, 90))
+            budget = self.admit_max_load * 1000.0 * self.frame_s
+            if p90 > budget:
+                return (f"the native model step takes {p90:.0f} ms of its {1000 * self.frame_s:.0f} ms frame "
+                        f"(p90 of the last {len(recent)} ticks): no real-time margin for another session")
+        return None
+
+    def new_state(self) -> Slot:
+        with self._cv:
+            why = self._refusal()
+            if why is not None:
+                self._refused += 1
+                raise ModelBusy(why)
+            slot = Slot(index=self._free.pop(0), opened=time.monotonic())
+            self._slots[slot.index] = slot
+        if self._autostart:
+            self.start()
+        return slot
+
+    def reset(self, state: Slot) -> None:
+        with self._cv:
+            state.fresh = True
+            state.steps = 0
+            state.text_pieces.clear()
+
+    def close_state(self, state: Slot) -> None:
+        """Free the slot; a frame still waiting gets silence back. Safe to call twice."""
+        with self._cv:
+            if state.closed:
+                return
+            state.closed = True
+            if state.pending is not None:
+                _, fut, _ = state.pending
+                state.pending = None
+                if not fut.done():
+                    fut.set_result(StepOutput(audio=self.silence()))
+            if self._slots.get(state.index) is state:
+                del self._slots[state.index]
+                self._free.append(state.index)
+                self._free.sort()
+
+    # -- frames ------------------------------------------------------------------------------
+    def submit(self, state: Slot, pcm: np.ndarray) -> Future:
+        """Queue one input frame for the next tick; the future gets that tick's StepOutput."""
+        frame = as_float_frame(pcm, self.input_frame_size)
+        fut: Future = Future()
+        with self._cv:
+            if state.closed:
+                raise RuntimeError("this native session has ended")
+            if self._stopped:
+                raise RuntimeError("the native model is shutting down")
+            if state.pending is not None:
+                raise RuntimeError("a native session steps one frame at a time")
+            now = time.monotonic()
+            state.pending = (frame, fut, now)
+            state.last_frame = now
+            self._cv.notify_all()
+        return fut
+
+    def step(self, state: Slot, pcm: np.ndarray) -> StepOutput:
+        fut = self.submit(state, pcm)
+        if self._thread is None and not self._autostart:
+            self.tick()  # no loop running: this caller runs the tick itself
+        return fut.result(timeout=self.step_timeout_s)
+
+    # -- ticks -------------------------------------------------------------------------------
+    def tick(self) -> int:
+        """Step every slot that has a frame waiting, in one batched call; returns how many."""
+        with self._tick_lock:
+            with self._cv:
+                batch = [(s, *s.pending) for s in self._slots.values() if s.pending is not None]
+                for s, *_ in batch:
+                    s.pending = None
+                reset = [s.index for s, *_ in batch if s.fresh]
+                for s, *_ in batch:
+                    s.fresh = False
+            if not batch:
+                return 0
+            t0 = time.perf_counter()
+            try:
+                outs = self.engine.step({s.index: frame for s, frame, _, _ in batch}, reset=reset)
+            except BaseException as e:
+                for _, _, fut, _ in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                raise
+            ms = 1000.0 * (time.perf_counter() - t0)
+            with self._cv:
+                self._ticks.append((ms, len(batch), time.time()))
+                self._n_ticks += 1
+                for s, _, fut, _ in batch:
+                    out = outs[s.index]
+                    if not s.closed:
+                        s.steps += 1
+                        if out.text:
+                            s.text_pieces.append(out.text)
+                    if not fut.done():
+                        fut.set_result(out)
+            return len(batch)
+
+    def _ready(self, now: float) -> bool:
+        """Every live session has a frame waiting, or the oldest waiting frame has waited enough."""
+        waiting = [s.pending[2] for s in self._slots.values() if s.pending is not None]
+        if not waiting:
+            return False
+        if now - min(waiting) >= self.max_wait_s:
+            return True
+        for s in self._slots.values():
+            if s.pending is None:
+                seen = s.last_frame if s.last_frame is not None else s.opened
+                if now - seen < self.live_window_s:
+                    return False  # a live session's frame is probably on its way
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped:
+                    now = time.monotonic()
+                    if self._ready(now):
+                        break
+                    waiting = [s.pending[2] for s in self._slots.values() if s.pending is not None]
+                    timeout = None if not waiting else max(1e-4, min(waiting) + self.max_wait_s - now)
+                    self._cv.wait(timeout)
+                if self._stopped:
+                    return
+            try:
+                self.tick()
+            except Exception as e:  # the futures carry the error to the sessions; keep serving
+                from loguru import logger
+
+                logger.error(f"native batch tick failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+    def start(self) -> None:
+        with self._cv:
+            if self._thread is not None or self._stopped:
+                return
+            self._thread = threading.Thread(target=self._loop, name="native-ticks", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """End the tick loop; waiting frames get an error, new sessions are refused."""
+        with self._cv:
+            self._stopped = True
+            thread, self._thread = self._thread, None
+            for s in self._slots.values():
+                if s.pending is not None:
+                    _, fut, _ = s.pending
+                    s.pending = None
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("the native model is shutting down"))
+            self._cv.notify_all()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Slots used and recent tick times (for /health)."""
+        with self._cv:
+            ticks = list(self._ticks)
+            used = self.slots - len(self._free)
+            out: dict[str, Any] = {"model": self.model.name, "slots": self.slots, "slots_used": used,
+                                   "frame_ms": round(1000 * self.frame_s, 1), "ticks": self._n_ticks,
+                                   "refused": self._refused}
+        if ticks:
+            ms = [t[0] for t in ticks]
+            out["tick_ms_last"] = [round(t, 2) for t in ms[-10:]]
+            out["tick_ms_p50"] = round(float(np.percentile(ms, 50)), 2)
+            out["tick_ms_p90"] = round(float(np.percentile(ms, 90)), 2)
+            out["tick_ms_max"] = round(max(ms), 2)
+            out["frames_per_tick_last"] = [t[1] for t in ticks[-10:]]
+        return out
+
+    def text_of(self, token: int) -> str:
+        return self.model.text_of(token)  # type: ignore[attr-defined]

@@ -1,0 +1,208 @@
+"""The batching scheduler for full-duplex models (models/native/batching.py) with tiny random Moshi.
+
+Every comparison is against ``MoshiDuplex.step`` alone (batch 1, the path that
+ran before batching) fed the same frames, greedy decoding, fixed seeds: text
+tokens must be identical, audio equal to float32 rounding (batched kernels sum
+in another order; the largest difference seen is ~7e-8 on audio of ~1e-2).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+pytest.importorskip("moshi")
+
+from models.native import ModelBusy, load_native  # noqa: E402
+from models.native.batching import BatchedDuplex  # noqa: E402
+
+AUDIO_ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def moshi():
+    return load_native("moshi:tiny", use_sampling=False)
+
+
+def _frames(m, session: int, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(1000 + session)
+    return [(rng.standard_normal(m.frame_size) * 0.1).astype(np.float32) for _ in range(n)]
+
+
+def _solo(m, frames):
+    state = m.new_state()
+    return [m.step(state, f) for f in frames]
+
+
+def _same(got, want, who=""):
+    assert len(got) == len(want), who
+    assert [o.text_token for o in got] == [o.text_token for o in want], who
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.audio.shape == w.audio.shape == (1920,)
+        np.testing.assert_allclose(g.audio, w.audio, atol=AUDIO_ATOL, rtol=0, err_msg=f"{who} step {i}")
+    assert any(o.audio.any() for o in want)  # the comparison is not between silences
+
+
+def _run(b, schedule, n_ticks):
+    """schedule: name -> (join tick, frames, leave tick or None). Manual ticks; returns name -> outputs."""
+    slots, outs = {}, {name: [] for name in schedule}
+    for t in range(n_ticks):
+        futs = {}
+        for name, (join, frames, leave) in schedule.items():
+            if t == join:
+                slots[name] = b.new_state()
+            if leave is not None and t == leave:
+                b.close_state(slots[name])
+            i = t - join
+            if join <= t and (leave is None or t < leave) and 0 <= i < len(frames) and frames[i] is not None:
+                futs[name] = b.submit(slots[name], frames[i])
+        b.tick()
+        for name, f in futs.items():
+            outs[name].append(f.result(timeout=5))
+    return outs, slots
+
+
+def test_sessions_batched_equal_each_alone(moshi):
+    m = moshi
+    n = 10
+    frames = {k: _frames(m, k, n) for k in range(4)}
+    alone = {k: _solo(m, frames[k]) for k in range(4)}
+    b = BatchedDuplex(m, slots=4, autostart=False)
+    outs, _ = _run(b, {k: (0, frames[k], None) for k in range(4)}, n)
+    for k in range(4):
+        _same(outs[k], alone[k], f"session {k}")
+    assert b.status()["frames_per_tick_last"][-1] == 4  # one tick stepped all four
+
+
+def test_join_mid_stream_and_leave(moshi):
+    """C joins at tick 4 into the slot B left at tick 3; A and C are as if alone; a free slot stays idle."""
+    m = moshi
+    a, bb, c = _frames(m, 1, 12), _frames(m, 2, 12), _frames(m, 3, 8)
+    b = BatchedDuplex(m, slots=3, autostart=False)
+    outs, slots = _run(b, {"A": (0, a, None), "B": (0, bb, 3), "C": (4, c, None)}, 12)
+    _same(outs["A"], _solo(m, a), "A (B left, C joined)")
+    _same(outs["B"], _solo(m, bb[:3]), "B before it left")
+    _same(outs["C"], _solo(m, c), "C joined mid-stream")
+    assert slots["C"].index == slots["B"].index  # C reused B's slot: its state was reset for C alone
+    assert b.status()["slots_used"] == 2
+
+
+def test_late_frame_is_masked_not_waited_for(moshi):
+    """A session missing a tick stands still (its state unchanged); the others are stepped regardless."""
+    m = moshi
+    a, late = _frames(m, 4, 10), _frames(m, 5, 8)
+    gappy = late[:3] + [None, None] + late[3:]  # no frame on ticks 3 and 4
+    b = BatchedDuplex(m, slots=2, autostart=False)
+    outs, _ = _run(b, {"A": (0, a, None), "late": (0, gappy, None)}, 10)
+    _same(outs["A"], _solo(m, a), "A")
+    _same(outs["late"], _solo(m, late[:8]), "late session")
+
+
+def test_admission_refuses_when_full_or_without_margin(moshi):
+    m = moshi
+    b = BatchedDuplex(m, slots=2, autostart=False)
+    s1, s2 = b.new_state(), b.new_state()
+    assert "all 2 native model slots are in use" in b.admits()
+    with pytest.raises(ModelBusy) as e:
+        b.new_state()
+    assert "\n" not in str(e.value)
+    b.close_state(s2)
+    b.close_state(s2)  # twice is harmless
+    assert b.admits() is None
+    s3 = b.new_state()
+    assert s3.index == s2.index
+    for f in _frames(m, 6, 6):
+        b.step(s1, f)  # no loop running: the caller ticks
+    b.admit_max_load = 1e-9  # every tick now "takes the whole frame"
+    b.close_state(s3)
+    assert "no real-time margin" in b.admits()
+    with pytest.raises(ModelBusy, match="real-time margin"):
+        b.new_state()
+    st = b.status()
+    assert st["refused"] == 2 and st["slots_used"] == 1 and st["ticks"] == 6
+    assert len(st["tick_ms_last"]) == 6 and st["tick_ms_p50"] > 0
+
+
+def test_disconnect_with_a_frame_waiting_frees_the_slot(moshi):
+    m = moshi
+    a, x = _frames(m, 7, 6), _frames(m, 8, 6)
+    b = BatchedDuplex(m, slots=2, autostart=False)
+    sa, sx = b.new_state(), b.new_state()
+    outs_a = []
+    for t in range(6):
+        fa = b.submit(sa, a[t])
+        if t == 2:
+            fx = b.submit(sx, x[t])
+            b.close_state(sx)  # gone before the tick: its frame answers silence, its slot is free
+            assert not fx.result(timeout=1).audio.any()
+            with pytest.raises(RuntimeError, match="ended"):
+                b.submit(sx, x[t])
+        elif t < 2:
+            b.submit(sx, x[t])
+        b.tick()
+        outs_a.append(fa.result(timeout=5))
+    _same(outs_a, _solo(m, a), "A")
+    assert b.status()["slots_used"] == 1
+
+
+def test_threaded_sessions_silent_fast_and_leaving(moshi):
+    """The tick loop with three sessions on their own threads: one stepping as fast as it can, one that
+    never sends audio, one that leaves mid-stream while a tick may be running. Nobody stalls (the
+    30 s step timeout would fail the test) and every output equals that session alone."""
+    m = moshi
+    n = 12
+    fast, other, leaver = _frames(m, 9, n), _frames(m, 10, n), _frames(m, 11, n)
+    b = BatchedDuplex(m, slots=4, max_wait_s=0.02)
+    silent = b.new_state()  # opens a slot, never sends a frame
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def session(name, frames, leave_after=None):
+        try:
+            s = b.new_state()
+            got = []
+            for i, f in enumerate(frames):
+                if leave_after is not None and i == leave_after:
+                    fut = b.submit(s, f)  # disconnect with a frame in flight
+                    b.close_state(s)
+                    fut.result(timeout=30)
+                    break
+                got.append(b.step(s, f))
+            else:
+                b.close_state(s)
+            results[name] = got
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=session, args=("fast", fast)),
+               threading.Thread(target=session, args=("other", other)),
+               threading.Thread(target=session, args=("leaver", leaver, 5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    _same(results["fast"], _solo(m, fast), "fast")
+    _same(results["other"], _solo(m, other), "other")
+    _same(results["leaver"], _solo(m, leaver[:5]), "leaver")
+    st = b.status()
+    assert st["slots_used"] == 1  # only the silent one
+    b.close_state(silent)
+    b.stop()
+    assert b.status()["slots_used"] == 0
+    with pytest.raises(ModelBusy, match="shutting down"):
+        b.new_state()
+
+
+def test_half_duplex_and_bad_pool_are_refused_clearly(moshi):
+    with pytest.raises(ValueError, match="at least 1"):
+        BatchedDuplex(moshi, slots=0)
+    mini = load_native("mini-omni:tiny", max_steps=4)
+    with pytest.raises(ValueError, match="half-duplex"):
+        BatchedDuplex(mini, slots=2)
