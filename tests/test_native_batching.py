@@ -206,3 +206,124 @@ def test_half_duplex_and_bad_pool_are_refused_clearly(moshi):
     mini = load_native("mini-omni:tiny", max_steps=4)
     with pytest.raises(ValueError, match="half-duplex"):
         BatchedDuplex(mini, slots=2)
+
+
+# -- the pipeline and the service around it -------------------------------------------------
+
+def _input_frames(seconds: float, seed: int, rate: int = 16000):
+    from pipecat.frames.frames import InputAudioRawFrame
+
+    from voice.audio import frames
+
+    noise = (np.random.default_rng(seed).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)
+    return [InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1) for chunk in frames(noise, rate)]
+
+
+async def _processor_audio(model, seed: int, events=None) -> np.ndarray:
+    from pipecat.frames.frames import TTSAudioRawFrame
+    from pipecat.tests.utils import run_test
+
+    from voice.native import NativeDuplexProcessor
+
+    proc = NativeDuplexProcessor(model, events, max_backlog_s=10.0)  # frames come faster than real time
+    down, _ = await run_test(proc, frames_to_send=_input_frames(0.8, seed))
+    return np.concatenate([np.frombuffer(f.audio, np.int16) for f in down if isinstance(f, TTSAudioRawFrame)]
+                          or [np.zeros(0, np.int16)])
+
+
+async def test_processors_on_one_batch_hear_what_they_would_alone(moshi):
+    """voice/native.py does not know it is batched: three pipelines at once on the tick thread."""
+    import asyncio
+
+    b = BatchedDuplex(moshi, slots=4)
+    try:
+        together = await asyncio.gather(*(_processor_audio(b, seed) for seed in (21, 22, 23)))
+    finally:
+        b.stop()
+    assert b.status()["ticks"] >= 10 and b.status()["slots_used"] == 0  # every pipeline freed its slot
+    for seed, got in zip((21, 22, 23), together):
+        alone = await _processor_audio(moshi, seed)
+        assert len(got) == len(alone) == 10 * 1920 and np.abs(alone).max() > 0
+        assert np.abs(got.astype(np.int32) - alone).max() <= 1, seed  # int16: at most one step of rounding
+
+
+async def test_processor_refused_when_no_slot_is_free(moshi):
+    from voice.events import EventLog
+
+    b = BatchedDuplex(moshi, slots=1)
+    held = b.new_state()
+    events = EventLog("test")
+    try:
+        audio = await _processor_audio(b, 24, events)
+    finally:
+        b.close_state(held)
+        b.stop()
+    assert len(audio) == 0
+    refused = events.of("native_refused")
+    assert len(refused) == 1 and "all 1 native model slots are in use" in refused[0]["reason"]
+
+
+def test_runtime_batches_full_duplex_models_only():
+    from voice.runtime import Runtime
+
+    rt = Runtime(None, None, None, None, native_spec="moshi:tiny", native_slots=3)
+    assert rt.native_status() is None and rt.native_refusal() is None  # not loaded yet
+    m = rt.native_model()
+    assert isinstance(m, BatchedDuplex) and m.slots == 3
+    assert rt.native_status()["slots"] == 3 and rt.native_status()["slots_used"] == 0
+    m.stop()
+    assert "shutting down" in rt.native_refusal()
+    alone = Runtime(None, None, None, None, native_spec="moshi:tiny", native_slots=0).native_model()
+    assert not isinstance(alone, BatchedDuplex)
+    half = Runtime(None, None, None, None, native_spec="mini-omni:tiny", native_slots=4).native_model()
+    assert not isinstance(half, BatchedDuplex) and not half.full_duplex
+
+
+async def _offer_sdp() -> str:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from voice.transports.webrtc import allow_loopback_candidates
+
+    allow_loopback_candidates()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("events")
+    pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_service_health_shows_slots_and_refuses_when_full():
+    """Real HTTP: /health reports the batch; an offer for the native engine with every slot taken is 503."""
+    import asyncio
+
+    import httpx
+
+    from voice.runtime import Runtime
+    from voice.service import BackgroundServer, create_app
+    from voice.settings import load_settings
+
+    settings = load_settings().model_copy(update={"pipeline": "native"})
+    rt = Runtime(None, None, None, None, native_spec="moshi:tiny", native_slots=1)
+    model = rt.native_model()
+    held = model.new_state()  # another session holds the only slot
+    try:
+        for f in _frames(model, 30, 3):
+            await asyncio.to_thread(model.step, held, f)
+        with BackgroundServer(create_app(settings, rt)) as base:
+            async with httpx.AsyncClient(timeout=30) as client:
+                health = (await client.get(f"{base}/health")).json()
+                native = health["native"]
+                assert native["slots"] == 1 and native["slots_used"] == 1 and native["ticks"] == 3
+                assert len(native["tick_ms_last"]) == 3 and native["frame_ms"] == 80.0
+                r = await client.post(f"{base}/api/offer", json={"sdp": await _offer_sdp(), "type": "offer",
+                                                                  "pipeline": "native"})
+                assert r.status_code == 503, r.text
+                assert r.json() == {"error": "busy", "detail": "all 1 native model slots are in use"}
+                assert (await client.get(f"{base}/health")).json()["sessions"] == 0  # reservation released
+                model.close_state(held)
+                assert (await client.get(f"{base}/health")).json()["native"]["slots_used"] == 0
+    finally:
+        model.close_state(held)
+        model.stop()

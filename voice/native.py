@@ -15,9 +15,13 @@ the model's rate) and text (``TTSTextFrame``).
   ``TTSStoppedFrame``.
 
 Inference runs on one dedicated worker thread per processor (ordered, off the
-event loop). ``InterruptionFrame`` drops whatever the model is still producing
-(the reply in flight for half-duplex models; the step in flight for
-full-duplex ones) and is passed on so the output transport flushes its queue.
+event loop). The model may be a ``BatchedDuplex`` (models/native/batching.py):
+then ``step`` waits for the tick that steps every live session at once, and a
+session refused for want of a slot (``ModelBusy``) is one log line, a
+``native_refused`` event and the end of its pipeline. ``InterruptionFrame``
+drops whatever the model is still producing (the reply in flight for half-duplex
+models; the step in flight for full-duplex ones) and is passed on so the output
+transport flushes its queue.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
+    EndWorkerFrame,
     Frame,
     InputAudioRawFrame,
     InterruptionFrame,
@@ -44,7 +50,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
 
-from models.native.base import DuplexModel, StepOutput
+from models.native.base import DuplexModel, ModelBusy, StepOutput
 from voice.audio import PIPELINE_RATE, float_to_pcm16, resample
 from voice.events import EventLog
 from voice.frames import UserTurnEndedFrame
@@ -103,7 +109,13 @@ class NativeDuplexProcessor(FrameProcessor):
     # -- lifecycle ---------------------------------------------------------------
     async def _start(self) -> None:
         if self._state is None:
-            self._state = await self._run(self._model.new_state)
+            try:
+                self._state = await self._run(self._model.new_state)
+            except ModelBusy as e:  # the batch's slots are all taken (models/native/batching.py)
+                logger.warning(f"native session refused: {e}")
+                self._emit("native_refused", reason=str(e))
+                await self.push_frame(EndWorkerFrame(reason=f"native model busy: {e}"))
+                return
         if self._model.full_duplex and self._worker is None:
             self._frames = asyncio.Queue()
             self._worker = self.create_task(self._duplex_loop(), "native_duplex")

@@ -60,6 +60,7 @@ class Runtime:
     reply_threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="reply"))
     native_spec: str = "moshi"
+    native_slots: int = 8  # settings.native.slots: batch full-duplex sessions (0: one at a time)
     sessions: LiveSessions = field(default_factory=LiveSessions)
     _native: object = None
     _native_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,9 +72,24 @@ class Runtime:
                 from models.native.loader import load_native
 
                 started = time.perf_counter()
-                self._native = load_native(self.native_spec)
-                logger.info(f"native model {self.native_spec} loaded in {time.perf_counter() - started:.2f}s")
+                model = load_native(self.native_spec)
+                if self.native_slots > 0 and model.full_duplex and hasattr(model, "batch_engine"):
+                    from models.native.batching import BatchedDuplex
+
+                    model = BatchedDuplex(model, self.native_slots)
+                self._native = model
+                logger.info(f"native model {model.name} loaded in {time.perf_counter() - started:.2f}s")
             return self._native
+
+    def native_status(self) -> dict | None:
+        """The native batch's slots and recent tick times (/health); None when not batched or not loaded."""
+        status = getattr(self._native, "status", None)
+        return status() if callable(status) else None
+
+    def native_refusal(self) -> str | None:
+        """Why a new native session would be refused now (no free slot, no margin); None if it would not."""
+        admits = getattr(self._native, "admits", None)
+        return admits() if callable(admits) else None
 
     @classmethod
     def load(cls, settings) -> "Runtime":
@@ -106,7 +122,7 @@ class Runtime:
         backchannels = synthesize_backchannels(synth)
         runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
                       analysis=analysis, reply_threads=model_executor(64, "reply", settings.model_nice),
-                      native_spec=settings.native.model, sessions=sessions)
+                      native_spec=settings.native.model, native_slots=settings.native.slots, sessions=sessions)
         if settings.asr.batch_max > 1 and hasattr(transcriber, "transcribe_batch"):
             runtime.transcriber = BatchingTranscriber(transcriber, runtime.analysis, settings.asr.batch_max)
         if settings.pipeline == "native":

@@ -6,6 +6,7 @@ loads the models once and runs it under uvicorn (``voice serve``).
 Endpoints
   GET  /             the browser client (web/index.html, app.js, style.css)
   GET  /health       {"status": "ok", "ready": true, "sessions": N, "max_sessions": M}
+                     (+ "native": slots used, recent tick times, when the native batch runs)
   GET  /api/config   what the page needs: ICE servers (TURN credentials only with a valid token
                      where one is required), pipelines, limits
   POST /api/offer    {"sdp", "type": "offer", "pc_id"?, "pipeline"?} -> {"sdp", "type": "answer", "pc_id", "session"}
@@ -325,6 +326,10 @@ def create_app(settings, runtime, *, web_dir: str | Path | None = None, sip_star
         sip_status = getattr(state, "sip_status", None)  # set by the SIP front (sip.workers > 1)
         if callable(sip_status):
             out["sip"] = sip_status()
+        native_status = getattr(runtime, "native_status", None)  # the native batch: slots, tick times
+        native = native_status() if callable(native_status) else None
+        if native is not None:
+            out["native"] = native
         return out
 
     @app.get("/api/config")
@@ -444,6 +449,10 @@ async def _handle_offer(state: ServiceState, data: dict[str, Any]) -> dict[str, 
         raise ApiError(503, "busy", detail=f"all {state.registry.max_sessions} sessions are in use")
     try:
         await state.ensure_pipeline(pipeline)
+        refusal = getattr(state.runtime, "native_refusal", None)  # admission: a free batch slot, a margin
+        why = refusal() if pipeline == "native" and callable(refusal) else None
+        if why:
+            raise ApiError(503, "busy", detail=why)
     except ApiError:
         state.registry.release(slot)
         raise

@@ -145,6 +145,10 @@ class NativeSettings(BaseModel):
     # moshi | mini-omni, optionally ":tiny" (random tiny weights, for tests) or ":PATH_OR_HUB_ID".
     model: str = "moshi"
     device: str = "cpu"
+    # Full-duplex models (Moshi): sessions share one batched step per 80 ms tick over this
+    # many slots (models/native/batching.py); a session beyond them is refused (503 busy).
+    # 0 steps each session on its own, one at a time.
+    slots: int = Field(8, ge=0, le=1024)
 
 
 class WebRTCSettings(BaseModel):
