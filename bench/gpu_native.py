@@ -16,6 +16,23 @@ time budget is spent.
 
     python3 bench/gpu_native.py [--out FILE] [--steps 200] [--budget-s 270] [--tiny]
 
+``--batched``: Moshi sessions through the real batch scheduler instead
+(models/native/batching.py, what ``voice serve --pipeline native`` runs): for
+each of ``--sessions`` (default 1,2,4,8,16,32,48,64) a pool of that many slots,
+one frame per session every 80 ms, tick time p50/p99, frame latency, late
+ticks, GPU memory, against one session alone (``MoshiDuplex.step``, batch 1).
+``--repeats`` runs the sweep several times (median and range per level);
+``--plot`` draws tick time against sessions. One fresh H100 call:
+
+    python3 bench/gpu_native.py --batched --steps 100 --conc-steps 50 --budget-s 420 \
+        --out $OUT/gpu_native_batched.json --plot $OUT/gpu_native_batched.png
+
+(at full context 48 and 64 sessions need more than 80 GB: they are reported as
+out of memory on an H100; ``--lm-context`` shrinks the KV cache.) The CPU check
+of the same code with the tiny model:
+
+    python3 bench/gpu_native.py --batched --tiny --device cpu --threads 1 --sessions 1,8 --repeats 5
+
 ``--tiny`` runs the tiny test configurations (CPU is fine) to check the logic.
 Needs ``moshi`` (for the Moshi half) and ``snac`` + ``transformers`` (for the
 Mini-Omni half) importable; a half whose packages are missing is reported as
@@ -164,6 +181,172 @@ def bench_moshi(args, device: str, deadline: float) -> dict:
     return out
 
 
+# -- Moshi through the batch scheduler (--batched) ---------------------------------------
+
+def _build_moshi(args, device: str):
+    from models.native import moshi as M
+
+    loaders, _ = M._require_moshi()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    mimi_cfg = M.tiny_mimi_config() if args.tiny else M.MIMI_CONFIG
+    lm_kwargs = M.tiny_lm_kwargs() if args.tiny else dict(M.LM_KWARGS)
+    if args.lm_context:
+        lm_kwargs["context"] = args.lm_context
+    torch.manual_seed(0)
+    mimi = loaders.get_mimi(None, mimi_config=mimi_cfg, device=device, num_codebooks=8)
+    lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    name = "moshi:tiny" if args.tiny else "moshi-7b-random"
+    return M.MoshiDuplex(mimi, lm, name=name, use_sampling=True), dtype, lm_kwargs["context"]
+
+
+def bench_moshi_batched(args, device: str, deadline: float) -> dict:
+    """Sessions 1..N driven through models.native.batching.BatchedDuplex at 12.5 Hz.
+
+    Each level builds a pool of exactly ``n`` slots, opens ``n`` sessions, and every
+    80 ms (``--no-pace``: back to back) hands each session one frame; the scheduler's
+    loop thread steps them in one tick. Reported per level: tick time (the batched
+    Mimi encode + LM step with depth decoding + Mimi decode, as the scheduler times
+    it), frame latency (submit to output), ticks that ran past the next 80 ms
+    boundary, GPU memory. The baseline is today's one-at-a-time path:
+    ``MoshiDuplex.step`` at batch 1, where n sessions cost n steps per frame.
+    """
+    from models.native.batching import BatchedDuplex
+
+    clock = Clock(device)
+    t = time.perf_counter()
+    model, dtype, context = _build_moshi(args, device)
+    out: dict = {"model": model.name, "dtype": str(dtype), "lm_context": context,
+                 "lm_params": sum(p.numel() for p in model.lm.parameters()),
+                 "build_s": round(time.perf_counter() - t, 2), "frame_ms": MOSHI_FRAME_MS,
+                 "paced": args.pace, "memory_after_load": _mem(device)}
+    frame_ms = model.frame_ms
+    rng = np.random.default_rng(0)
+    pcm = (rng.standard_normal((16, model.frame_size)) * 0.05).astype(np.float32)
+
+    def solo(steps: int) -> dict:
+        """One session alone, paced like the levels (a CPU or GPU idle between steps is slower)."""
+        state = model.new_state()
+        ms = []
+        period = frame_ms / 1000.0 if args.pace else 0.0
+        next_t = time.perf_counter()
+        with torch.no_grad():
+            for i in range(args.warmup + steps):
+                t0 = clock.now()
+                model.step(state, pcm[i % len(pcm)])
+                done = clock.now()
+                if i >= args.warmup:
+                    ms.append((done - t0) * 1000)
+                next_t += period
+                if period and next_t > done:
+                    time.sleep(next_t - done)
+                else:
+                    next_t = done
+                if time.perf_counter() > deadline:
+                    break
+        model.close_state(state)
+        return _stats(ms)
+
+    def level(n: int, ticks: int) -> dict:
+        total = args.warmup + ticks
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        b = BatchedDuplex(model, slots=n, history=total * n + 8)
+        sessions = [b.new_state() for _ in range(n)]
+        period = frame_ms / 1000.0 if args.pace else 0.0
+        latency, late = [], 0
+        try:
+            next_t = time.perf_counter()
+            mark = 0
+            for i in range(total):
+                if i == args.warmup:
+                    mark = len(b.tick_log())
+                t0 = time.perf_counter()
+                futs = [b.submit(s, pcm[(i + k) % len(pcm)]) for k, s in enumerate(sessions)]
+                for f in futs:
+                    f.result(timeout=120)
+                done = time.perf_counter()
+                if i >= args.warmup:
+                    latency.append((done - t0) * 1000)
+                next_t += period
+                if period and done > next_t:
+                    late += i >= args.warmup  # this frame's output came after the next frame was due
+                    next_t = done
+                elif period:
+                    time.sleep(next_t - done)
+                if time.perf_counter() > deadline:
+                    break
+        finally:
+            for s in sessions:
+                b.close_state(s)
+            b.stop()
+        log = b.tick_log()[mark:]
+        r = _stats([ms for ms, _ in log])
+        r.update(sessions=n, slots=n, ticks=len(log),
+                 mean_frames_per_tick=round(float(np.mean([k for _, k in log])), 2) if log else None,
+                 frame_latency=_stats(latency), late_ticks=late,
+                 one_at_a_time_ms=round(n * out["solo"]["p50_ms"], 3))
+        r["real_time_p99"] = r["p99_ms"] <= frame_ms and late == 0
+        r["memory"] = _mem(device)
+        return r
+
+    out["solo"] = solo(args.steps)
+    out["one_at_a_time_sessions_p99"] = int(frame_ms // out["solo"]["p99_ms"]) if out["solo"]["n"] else 0
+    out["levels"] = []
+    for n in args.sessions:
+        if time.perf_counter() > deadline - 5:
+            out["levels"].append({"sessions": n, "error": "time budget spent"})
+            break
+        try:
+            r = level(n, args.conc_steps)
+        except Exception as e:  # OOM ends the sweep
+            if not _is_oom(e):
+                raise
+            out["levels"].append({"sessions": n, "error": "out of memory", "memory": _mem(device)})
+            _free(device)
+            break
+        out["levels"].append(r)
+        _free(device)
+    rows = [r for r in out["levels"] if "p99_ms" in r]
+    out["max_real_time_sessions"] = max([r["sessions"] for r in rows if r["real_time_p99"]], default=0)
+    # The CPU target of issue 21: 8 sessions batched cost < 3x one session's step.
+    for r in rows:
+        r["x_solo_p50"] = round(r["p50_ms"] / out["solo"]["p50_ms"], 3) if out["solo"]["p50_ms"] else None
+    del model
+    _free(device)
+    return out
+
+
+def _plot_batched(result: dict, path: str) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    runs = result["moshi_batched"]["runs"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, run in enumerate(runs):
+        rows = [r for r in run.get("levels", []) if "p99_ms" in r]
+        if not rows:
+            continue
+        xs = [r["sessions"] for r in rows]
+        labels = ("tick p50", "tick p99", "one at a time (n x solo p50)") if k == 0 else (None, None, None)
+        ax.plot(xs, [r["p50_ms"] for r in rows], "o-", color="C0", alpha=0.7, label=labels[0])
+        ax.plot(xs, [r["p99_ms"] for r in rows], "s--", color="C1", alpha=0.7, label=labels[1])
+        ax.plot(xs, [r["one_at_a_time_ms"] for r in rows], ":", color="C2", alpha=0.7, label=labels[2])
+    ax.axhline(MOSHI_FRAME_MS, color="k", lw=0.8)
+    ax.text(1, MOSHI_FRAME_MS * 0.95, "80 ms frame", fontsize=8, va="top")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sessions (one slot each)")
+    ax.set_ylabel("ms per 80 ms tick")
+    ax.set_title(f"{runs[0].get('model', 'moshi')} on {result.get('gpu') or result['device']}, "
+                 f"{len(runs)} run(s)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 # -- Mini-Omni --------------------------------------------------------------------------
 
 def bench_mini_omni(args, device: str, deadline: float) -> dict:
@@ -297,12 +480,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--budget-s", type=float, default=270.0, help="stop sweeping after this long")
     p.add_argument("--only", choices=["moshi", "mini-omni"], default=None)
+    p.add_argument("--batched", action="store_true",
+                   help="Moshi sessions through the batch scheduler (models/native/batching.py) at 12.5 Hz")
+    p.add_argument("--sessions", default="1,2,4,8,16,32,48,64",
+                   help="--batched: session counts to sweep (one pool of that many slots each)")
+    p.add_argument("--repeats", type=int, default=1, help="--batched: run the whole sweep this many times")
+    p.add_argument("--no-pace", dest="pace", action="store_false",
+                   help="--batched: hand out frames back to back instead of every 80 ms")
+    p.add_argument("--lm-context", type=int, default=None,
+                   help="--batched: LM context in steps (KV cache size; default the model's, 3000 = 240 s)")
+    p.add_argument("--plot", default=None, help="--batched: write a PNG of tick time against sessions")
+    p.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default 2)")
     args = p.parse_args(argv)
+    try:
+        args.sessions = sorted({int(x) for x in str(args.sessions).split(",") if x.strip()})
+        if not args.sessions or min(args.sessions) < 1:
+            raise ValueError
+    except ValueError:
+        p.error(f"--sessions must be positive integers separated by commas, got {args.sessions!r}")
 
     torch.manual_seed(0)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -322,6 +522,8 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception as e:
             result[f"{mod}_version"] = f"missing ({type(e).__name__})"
 
+    if args.batched:
+        return _main_batched(args, device, result, t_start, deadline)
     halves = [("moshi", bench_moshi, 0.55), ("mini_omni", bench_mini_omni, 1.0)]
     for name, fn, share in halves:
         if args.only and args.only.replace("-", "_") != name:
@@ -344,6 +546,83 @@ def main(argv: list[str] | None = None) -> dict:
     print(summary(result))
     print(f"wrote {args.out}")
     return result
+
+
+def _main_batched(args, device: str, result: dict, t_start: float, deadline: float) -> dict:
+    result["argv"] = sys.argv[1:]
+    runs = []
+    for k in range(max(1, args.repeats)):
+        share = deadline if k == args.repeats - 1 else t_start + (deadline - t_start) * (k + 1) / args.repeats
+        t0 = time.perf_counter()
+        try:
+            run = bench_moshi_batched(args, device, share)
+        except ImportError as e:
+            run = {"skipped": f"missing package: {e}"}
+        except Exception as e:
+            run = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   "traceback": traceback.format_exc(limit=6)}
+        run["wall_s"] = round(time.perf_counter() - t0, 2)
+        runs.append(run)
+        _free(device)
+        if "error" in run or "skipped" in run:
+            break
+    agg: dict = {"runs": runs}
+    ok = [r for r in runs if "solo" in r]
+    if ok:
+        agg["solo_p50_ms"] = _spread([r["solo"]["p50_ms"] for r in ok])
+        by_n: dict[int, list[dict]] = {}
+        for r in ok:
+            for row in r["levels"]:
+                if "p50_ms" in row:
+                    by_n.setdefault(row["sessions"], []).append(row)
+        agg["levels"] = {str(n): {"tick_p50_ms": _spread([x["p50_ms"] for x in rows]),
+                                  "tick_p99_ms": _spread([x["p99_ms"] for x in rows]),
+                                  "x_solo_p50": _spread([x["x_solo_p50"] for x in rows]),
+                                  "real_time_p99_runs": sum(x["real_time_p99"] for x in rows), "runs": len(rows)}
+                         for n, rows in sorted(by_n.items())}
+        agg["max_real_time_sessions"] = min(r["max_real_time_sessions"] for r in ok)
+    result["moshi_batched"] = agg
+    result["total_s"] = round(time.perf_counter() - t_start, 2)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    if args.plot and ok:
+        result["plot"] = _plot_batched(result, args.plot)
+    print(summary_batched(result))
+    print(f"wrote {args.out}" + (f" and {result['plot']}" if result.get("plot") else ""))
+    return result
+
+
+def _spread(xs: list[float]) -> dict:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {}
+    return {"median": round(float(np.median(xs)), 3), "min": round(min(xs), 3), "max": round(max(xs), 3),
+            "n": len(xs)}
+
+
+def summary_batched(r: dict) -> str:
+    agg = r["moshi_batched"]
+    lines = [f"moshi through the batch scheduler on {r.get('gpu') or r['device']} (tiny={r['tiny']}, "
+             f"torch {r['torch']}), {r['total_s']} s, {len(agg['runs'])} run(s)"]
+    bad = [x for x in agg["runs"] if "solo" not in x]
+    for x in bad:
+        lines.append(f"  {x.get('skipped') or x.get('error')}")
+    if "solo_p50_ms" not in agg:
+        return "\n".join(lines)
+    s = agg["solo_p50_ms"]
+    lines.append(f"  one session alone (batch 1, MoshiDuplex.step): p50 {s['median']} ms "
+                 f"[runs {s['min']}-{s['max']}]")
+    for n, row in agg["levels"].items():
+        p50, p99, x = row["tick_p50_ms"], row["tick_p99_ms"], row["x_solo_p50"]
+        lines.append(f"  {n:>3} sessions: tick p50 {p50['median']} ms [{p50['min']}-{p50['max']}], "
+                     f"p99 {p99['median']} ms [{p99['min']}-{p99['max']}], {x['median']}x solo "
+                     f"[{x['min']}-{x['max']}], real time in {row['real_time_p99_runs']}/{row['runs']} runs")
+    for run in agg["runs"]:
+        for row in run.get("levels", []):
+            if "error" in row:
+                lines.append(f"  {row['sessions']:>3} sessions: {row['error']}")
+    lines.append(f"  sessions held in real time (p99 tick <= 80 ms, no late tick): {agg['max_real_time_sessions']}")
+    return "\n".join(lines)
 
 
 def summary(r: dict) -> str:

@@ -327,3 +327,26 @@ async def test_service_health_shows_slots_and_refuses_when_full():
     finally:
         model.close_state(held)
         model.stop()
+
+
+def test_gpu_bench_batched_tiny_on_cpu(tmp_path):
+    """bench/gpu_native.py --batched drives the real scheduler; --tiny proves the script on CPU."""
+    import json
+
+    import bench.gpu_native as bench
+
+    out = tmp_path / "batched.json"
+    bench.main(["--batched", "--tiny", "--device", "cpu", "--threads", "1", "--sessions", "1,3",
+                "--repeats", "2", "--steps", "4", "--conc-steps", "4", "--warmup", "1", "--no-pace",
+                "--out", str(out)])
+    saved = json.loads(out.read_text())["moshi_batched"]
+    assert len(saved["runs"]) == 2 and set(saved["levels"]) == {"1", "3"}
+    for run in saved["runs"]:
+        assert run["solo"]["n"] == 4
+        for row, n in zip(run["levels"], (1, 3)):
+            assert row["sessions"] == row["slots"] == n and row["ticks"] >= 4
+            assert round(row["ticks"] * row["mean_frames_per_tick"]) == 4 * n  # every frame stepped once
+            assert row["frame_latency"]["n"] == 4 and row["late_ticks"] == 0
+    assert saved["levels"]["3"]["runs"] == 2 and saved["max_real_time_sessions"] in (0, 1, 3)
+    with pytest.raises(SystemExit):
+        bench.main(["--batched", "--sessions", "0,x", "--out", str(out)])

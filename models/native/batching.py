@@ -273,5 +273,10 @@ class BatchedDuplex(DuplexModel):
             out["frames_per_tick_last"] = [t[1] for t in ticks[-10:]]
         return out
 
+    def tick_log(self) -> list[tuple[float, int]]:
+        """(milliseconds, frames stepped) of the last ``history`` ticks, oldest first."""
+        with self._cv:
+            return [(ms, n) for ms, n, _ in self._ticks]
+
     def text_of(self, token: int) -> str:
         return self.model.text_of(token)  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,7 @@ class MoshiDuplex(DuplexModel):
         self.device = next(lm.parameters()).device
         self._pad_ids = {int(lm.text_padding_token_id), int(lm.end_of_text_padding_id)}
         self._lock = threading.Lock()
-        self._extra_gens: list = []  # the LMGens of batch engines (see batch_engine)
+        self._extra_gens: weakref.WeakSet = weakref.WeakSet()  # the LMGens of live batch engines
 
     # -- state ---------------------------------------------------------------
     def new_state(self) -> MoshiState:
@@ -145,7 +146,7 @@ class MoshiDuplex(DuplexModel):
             return state
 
     def _detach(self) -> None:
-        for m in (*self._extra_gens, self.lm_gen, self.lm, self.mimi):
+        for m in (*list(self._extra_gens), self.lm_gen, self.lm, self.mimi):
             if m.is_streaming:
                 m._stop_streaming()
 
@@ -229,7 +230,7 @@ class MoshiBatch:
         # offset says whether its output is real yet.
         self.gen = LMGen(model.lm, support_out_of_sync=True, **model.gen_kwargs)
         with model._lock:
-            model._extra_gens.append(self.gen)
+            model._extra_gens.add(self.gen)
             model._detach()
             mimi_stack = model.mimi.streaming(self.slots)
             gen_stack = self.gen.streaming(self.slots)
