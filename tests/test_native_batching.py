@@ -350,3 +350,16 @@ def test_gpu_bench_batched_tiny_on_cpu(tmp_path):
     assert saved["levels"]["3"]["runs"] == 2 and saved["max_real_time_sessions"] in (0, 1, 3)
     with pytest.raises(SystemExit):
         bench.main(["--batched", "--sessions", "0,x", "--out", str(out)])
+
+
+def test_reset_starts_the_slot_over(moshi):
+    m = moshi
+    a = _frames(m, 12, 6)
+    b = BatchedDuplex(m, slots=2, autostart=False)
+    s = b.new_state()
+    first = [b.step(s, f) for f in a]
+    b.reset(s)
+    again = [b.step(s, f) for f in a]
+    _same(first, _solo(m, a), "before reset")
+    _same(again, _solo(m, a), "after reset")
+    assert s.steps == 6

@@ -4,6 +4,8 @@ Every session gets its own streaming state (Mimi's encoder/decoder caches,
 LMGen's delay buffer and the LM's KV caches). The modules are shared; before a
 step the session's state objects are attached to them under a lock, so any
 number of sessions can run on one loaded model (one step at a time).
+``MoshiBatch`` (``batch_engine``) instead steps a pool of sessions in one
+batched call; ``models.native.batching`` schedules it.
 
 ``tiny`` builds a random-weight Mimi + LM small enough for CPU tests; the real
 model loads from a local directory or a Hugging Face repo id.
