@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 pytest.importorskip("moshi")
 
 from models.native import ModelBusy, load_native  # noqa: E402
-from models.native.batching import BatchedDuplex  # noqa: E402
+from models.native.batching import BatchedDuplex, BatchedReplies  # noqa: E402
 
 AUDIO_ATOL = 1e-6
 
@@ -206,6 +206,10 @@ def test_half_duplex_and_bad_pool_are_refused_clearly(moshi):
     mini = load_native("mini-omni:tiny", max_steps=4)
     with pytest.raises(ValueError, match="half-duplex"):
         BatchedDuplex(mini, slots=2)
+    with pytest.raises(ValueError, match="full-duplex"):
+        BatchedReplies(moshi, slots=2)
+    with pytest.raises(ValueError, match="at least one slot"):
+        BatchedReplies(mini, slots=0)
 
 
 # -- the pipeline and the service around it -------------------------------------------------
@@ -263,7 +267,7 @@ async def test_processor_refused_when_no_slot_is_free(moshi):
     assert len(refused) == 1 and "all 1 native model slots are in use" in refused[0]["reason"]
 
 
-def test_runtime_batches_full_duplex_models_only():
+def test_runtime_batches_native_models():
     from voice.runtime import Runtime
 
     rt = Runtime(None, None, None, None, native_spec="moshi:tiny", native_slots=3)
@@ -276,7 +280,10 @@ def test_runtime_batches_full_duplex_models_only():
     alone = Runtime(None, None, None, None, native_spec="moshi:tiny", native_slots=0).native_model()
     assert not isinstance(alone, BatchedDuplex)
     half = Runtime(None, None, None, None, native_spec="mini-omni:tiny", native_slots=4).native_model()
-    assert not isinstance(half, BatchedDuplex) and not half.full_duplex
+    assert isinstance(half, BatchedReplies) and half.slots == 4 and not half.full_duplex
+    half.stop()
+    half_alone = Runtime(None, None, None, None, native_spec="mini-omni:tiny", native_slots=0).native_model()
+    assert not isinstance(half_alone, BatchedReplies)
 
 
 async def _offer_sdp() -> str:
@@ -363,3 +370,125 @@ def test_reset_starts_the_slot_over(moshi):
     _same(first, _solo(m, a), "before reset")
     _same(again, _solo(m, a), "after reset")
     assert s.steps == 6
+
+
+# -- Mini-Omni: concurrent replies in one batch ------------------------------------------------
+# SNAC's decoder adds random noise (its NoiseBlock draws torch.randn), so a reply's audio
+# differs between two runs even alone; the tokens are deterministic and compared exactly.
+
+@pytest.fixture(scope="module")
+def omni():
+    return load_native("mini-omni:tiny", max_steps=24)
+
+
+def _turn(seconds: float, seed: int) -> np.ndarray:
+    return (np.random.default_rng(2000 + seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def _tokens(items):
+    return [(a.tolist(), int(t)) for a, t in items]
+
+
+def test_mini_omni_replies_batched_equal_each_alone(omni):
+    """Replies of different prompt lengths, one joining mid-generation, one waiting for a free row
+    until a short one ends, one cancelled: every reply's tokens are what generate() gives alone."""
+    m = omni
+    turns = {"a": (_turn(1.0, 1), 10), "b": (_turn(0.5, 2), 24), "c": (_turn(1.5, 3), 24),
+             "d": (_turn(0.3, 4), 20), "x": (_turn(0.8, 5), 24)}
+    feats = {k: m.audio_features(a) for k, (a, _) in turns.items()}
+    alone = {k: _tokens(m.generate(feats[k], max_steps=n)) for k, (_, n) in turns.items()}
+    assert all(len(alone[k]) == turns[k][1] for k in alone)  # random weights never end early
+    batch = m.batch_engine(3)
+    joins = {"a": 0, "b": 0, "x": 0, "c": 3, "d": 4}  # c and d wait: 3 rows until a ends
+    replies, got = {}, {k: [] for k in turns}
+    for tick in range(60):
+        for k, t in joins.items():
+            if t == tick:
+                replies[k] = batch.add(feats[k], turns[k][1], m.new_state())
+        if tick == 6:
+            replies["x"].state.cancelled = True  # interrupted
+        if not batch.pending() and tick > 4:
+            break
+        batch.step()
+        assert batch.active() <= 3
+        for k, r in replies.items():
+            while not r.out.empty():
+                item = r.out.get()
+                if item is not None:
+                    got[k].append(item)
+    for k in ("a", "b", "c", "d"):
+        assert _tokens(got[k]) == alone[k], k
+    assert 0 < len(got["x"]) < len(alone["x"]) and _tokens(got["x"]) == alone["x"][:len(got["x"])]
+    assert batch.pending() == 0
+
+
+def test_mini_omni_batched_respond_threads(omni):
+    """BatchedReplies.respond from three threads at once, one reader stopping early: the same
+    text tokens and audio chunk sizes as the model's own respond alone; the stopped reply leaves."""
+    m = omni
+    b = BatchedReplies(m, slots=4)
+    turns = [_turn(0.6, 11), _turn(1.2, 12), _turn(0.9, 13)]
+    got: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def run(i):
+        try:
+            stream = b.respond(b.new_state(), turns[i])
+            out = []
+            for o in stream:
+                out.append(o)
+                if i == 2 and len(out) == 5:
+                    stream.close()  # the caller hung up mid-reply
+                    break
+            got[i] = out
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    try:
+        assert not errors, errors
+        for i in (0, 1):
+            alone = list(m.respond(m.new_state(), turns[i]))
+            assert [o.text_token for o in got[i]] == [o.text_token for o in alone]
+            assert [len(o.audio) for o in got[i]] == [len(o.audio) for o in alone]
+            assert got[i][-1].end
+        assert len(got[2]) == 5
+        st = b.status()
+        assert st["replies_decoding"] == 0 and st["replies_waiting"] == 0 and st["ticks"] >= 24
+    finally:
+        b.stop()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        next(b.respond(b.new_state(), turns[0]))
+
+
+async def test_processor_half_duplex_on_the_reply_batch(omni):
+    """voice/native.py's half-duplex path over BatchedReplies: two sessions answer at once."""
+    import asyncio
+
+    from pipecat.frames.frames import TTSAudioRawFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from voice.events import EventLog
+    from voice.frames import UserTurnEndedFrame
+    from voice.native import NativeDuplexProcessor
+
+    b = BatchedReplies(omni, slots=4)
+
+    async def session(seed):
+        events = EventLog("test")
+        sent = _input_frames(0.4, seed) + [UserTurnEndedFrame(turn=1), SleepFrame(sleep=0.05)]
+        down, _ = await run_test(NativeDuplexProcessor(b, events), frames_to_send=sent)
+        audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+        return sum(len(f.audio) for f in audio), events
+
+    try:
+        results = await asyncio.gather(session(31), session(32))
+    finally:
+        b.stop()
+    for size, events in results:
+        assert size == 2 * (24 - 7) * 2048  # max_steps=24 -> 17 SNAC frames, as alone
+        assert len(events.of("native_reply_end")) == 1 and not events.of("native_reply_end")[0]["interrupted"]

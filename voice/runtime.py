@@ -60,7 +60,7 @@ class Runtime:
     reply_threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="reply"))
     native_spec: str = "moshi"
-    native_slots: int = 8  # settings.native.slots: batch full-duplex sessions (0: one at a time)
+    native_slots: int = 8  # settings.native.slots: sessions (Moshi) / replies (Mini-Omni) per batch; 0: unbatched
     sessions: LiveSessions = field(default_factory=LiveSessions)
     _native: object = None
     _native_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,10 +73,10 @@ class Runtime:
 
                 started = time.perf_counter()
                 model = load_native(self.native_spec)
-                if self.native_slots > 0 and model.full_duplex and hasattr(model, "batch_engine"):
-                    from models.native.batching import BatchedDuplex
+                if self.native_slots > 0 and hasattr(model, "batch_engine"):
+                    from models.native.batching import BatchedDuplex, BatchedReplies
 
-                    model = BatchedDuplex(model, self.native_slots)
+                    model = (BatchedDuplex if model.full_duplex else BatchedReplies)(model, self.native_slots)
                 self._native = model
                 logger.info(f"native model {model.name} loaded in {time.perf_counter() - started:.2f}s")
             return self._native

@@ -37,7 +37,7 @@ import numpy as np
 
 from models.native.base import DuplexModel, ModelBusy, StepOutput, as_float_frame
 
-__all__ = ["BatchedDuplex", "Slot"]
+__all__ = ["BatchedDuplex", "BatchedReplies", "Slot"]
 
 
 @dataclass(eq=False)
@@ -280,3 +280,140 @@ class BatchedDuplex(DuplexModel):
 
     def text_of(self, token: int) -> str:
         return self.model.text_of(token)  # type: ignore[attr-defined]
+
+
+class BatchedReplies(DuplexModel):
+    """Half-duplex replies (Mini-Omni) of every session decoded together, one LM step per tick.
+
+    Wraps a half-duplex model whose ``batch_engine(slots)`` decodes up to ``slots``
+    replies in one batch (``MiniOmniBatch``). ``respond`` computes the turn's
+    features on the caller's thread, hands the reply to the batch and streams its
+    outputs as the model's own ``respond`` would; a tick thread steps the batch
+    while any reply is waiting or decoding. Replies beyond ``slots`` wait for a
+    free row (they are not refused: a session uses the batch only while it answers).
+    """
+
+    full_duplex = False
+
+    def __init__(self, model: DuplexModel, slots: int = 8, *, history: int = 50) -> None:
+        if model.full_duplex:
+            raise ValueError(f"{model.name} is full-duplex: use BatchedDuplex")
+        self.model = model
+        self.name = f"{model.name} x{slots}"
+        self.sample_rate = model.sample_rate
+        self.input_rate = model.input_rate
+        self.frame_size = model.frame_size
+        self.slots = int(slots)
+        self.engine = model.batch_engine(self.slots)
+        self._cv = threading.Condition()
+        self._ticks: deque[tuple[float, int, float]] = deque(maxlen=history)
+        self._n_ticks = 0
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def max_input_s(self) -> float:
+        return getattr(self.model, "max_input_s", 30.0)
+
+    def new_state(self) -> Any:
+        return self.model.new_state()
+
+    def reset(self, state: Any) -> None:
+        self.model.reset(state)
+
+    def step(self, state: Any, pcm: np.ndarray) -> StepOutput:
+        return self.model.step(state, pcm)
+
+    def respond(self, state: Any, user_audio_16k: np.ndarray, max_steps: int | None = None):
+        """The model's ``respond``, its LM steps taken in the shared batch (a generator, lazy
+        like the model's: the turn's features are computed on the first ``next``)."""
+        import queue as _queue
+
+        if self._stopped:
+            raise RuntimeError("the native model is shutting down")
+        state.cancelled = False
+        feats = self.model.audio_features(np.asarray(user_audio_16k, dtype=np.float32))  # type: ignore[attr-defined]
+        reply = self.engine.add(feats, max_steps, state)
+        self.start()
+        with self._cv:
+            self._cv.notify_all()
+
+        def tokens():
+            while True:
+                try:
+                    item = reply.out.get(timeout=1.0)
+                except _queue.Empty:
+                    if self._stopped:
+                        raise RuntimeError("the native model is shutting down") from None
+                    continue  # waiting for a free row, or a slow step
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"native reply batch failed: {item}") from None
+                yield item
+
+        try:
+            yield from self.model.stream_reply(state, tokens())  # type: ignore[attr-defined]
+        finally:
+            reply.gone = True  # read to the end, closed, or interrupted: its rows can go
+
+    # -- ticks -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped and not self.engine.pending():
+                    self._cv.wait()
+                if self._stopped:
+                    return
+            t0 = time.perf_counter()
+            try:
+                n = self.engine.step()
+            except Exception as e:
+                from loguru import logger
+
+                logger.error(f"native reply batch failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                self.engine.fail(e)
+                continue
+            if n:
+                with self._cv:
+                    self._ticks.append((1000.0 * (time.perf_counter() - t0), n, time.time()))
+                    self._n_ticks += 1
+
+    def start(self) -> None:
+        with self._cv:
+            if self._thread is not None or self._stopped:
+                return
+            self._thread = threading.Thread(target=self._loop, name="native-replies", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            thread, self._thread = self._thread, None
+            self._cv.notify_all()
+        if thread is not None:
+            thread.join(timeout=10)
+        self.engine.fail(RuntimeError("the native model is shutting down"))
+
+    def admits(self) -> str | None:
+        return "the native model is shutting down" if self._stopped else None
+
+    def status(self) -> dict[str, Any]:
+        with self._cv:
+            ticks = list(self._ticks)
+            out: dict[str, Any] = {"model": self.model.name, "slots": self.slots,
+                                   "replies_decoding": self.engine.active(),
+                                   "replies_waiting": max(0, self.engine.pending() - self.engine.active()),
+                                   "ticks": self._n_ticks}
+        if ticks:
+            ms = [t[0] for t in ticks]
+            out["tick_ms_last"] = [round(t, 2) for t in ms[-10:]]
+            out["tick_ms_p50"] = round(float(np.percentile(ms, 50)), 2)
+            out["tick_ms_p90"] = round(float(np.percentile(ms, 90)), 2)
+            out["tick_ms_max"] = round(max(ms), 2)
+            out["replies_per_tick_last"] = [t[1] for t in ticks[-10:]]
+        return out
+
+    def tick_log(self) -> list[tuple[float, int]]:
+        with self._cv:
+            return [(ms, n) for ms, n, _ in self._ticks]

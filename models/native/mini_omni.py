@@ -708,11 +708,15 @@ class MiniOmni(DuplexModel):
         """One StepOutput per LM step (text); audio arrives every ``snac_stride`` frames."""
         state.cancelled = False
         feats = self.audio_features(np.asarray(user_audio_16k, dtype=np.float32))
+        yield from self.stream_reply(state, self.generate(feats, max_steps, state))
+
+    def stream_reply(self, state: MiniOmniState, tokens) -> Iterator[StepOutput]:
+        """StepOutputs from a stream of (audio tokens [7], text token): text, SNAC audio, the end."""
         text_stream = _TextStream(self.tokenizer, self.cfg.text_vocab)
         steps: list[np.ndarray] = []
         done_frames = 0
         pieces: list[str] = []
-        for audio_tok, text_tok in self.generate(feats, max_steps, state):
+        for audio_tok, text_tok in tokens:
             steps.append(audio_tok.cpu().numpy())
             text = text_stream.push(text_tok)
             if text:
@@ -735,6 +739,185 @@ class MiniOmni(DuplexModel):
         lo = max(0, start - self.snac_context)
         audio = self.decode_frames(frames[lo:end])
         return audio[(start - lo) * self.frame_size:]
+
+
+    def batch_engine(self, slots: int) -> "MiniOmniBatch":
+        """Concurrent replies decoded in one batch (see models.native.batching.BatchedReplies)."""
+        return MiniOmniBatch(self, slots)
+
+
+class _Reply:
+    """One reply in a ``MiniOmniBatch``: its prompt, its progress, its rows' padding, its output queue."""
+
+    def __init__(self, feats, max_steps: int, state: MiniOmniState) -> None:
+        import queue
+
+        self.feats, self.max_steps, self.state = feats, max_steps, state
+        self.out: queue.Queue = queue.Queue()  # (audio tokens, text token) ..., then None or an exception
+        self.logits = None
+        self.steps = 0
+        self.text_end = False
+        self.pad = 0  # left padding of this reply's rows in the batch's KV cache
+        self.done = False
+        self.gone = False  # its reader stopped reading
+
+    def finish(self, item=None) -> None:
+        if not self.done:
+            self.done = True
+            self.out.put(item)
+
+
+class MiniOmniBatch:
+    """Up to ``slots`` replies decoded together: one LM call per step for all of them.
+
+    Each reply is Mini-Omni's batch-2 parallel decoding (row 0 speaks, row 1 writes
+    the text); the batch holds two rows per reply in one KV cache, left-padded to
+    a common length, with an attention mask over the padding and each row's own
+    positions, as Hugging Face batches prompts of different lengths. A reply
+    joins after its prefill, which runs alone (its prompt length is its own), and
+    leaves when it ends or is cancelled; its tokens are what ``generate`` gives
+    alone (greedy), whatever else is in the batch. Replies beyond ``slots`` wait.
+    """
+
+    def __init__(self, model: MiniOmni, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"a batch needs at least one slot, got {slots}")
+        self.model = model
+        self.slots = int(slots)
+        self._waiting: list[_Reply] = []
+        self._active: list[_Reply] = []
+        self._cache = None
+        self._lock = threading.Lock()  # the waiting list (added to from the readers' threads)
+
+    def add(self, feats, max_steps: int | None, state: MiniOmniState) -> _Reply:
+        cfg = self.model.cfg
+        max_steps = self.model.max_steps if max_steps is None else max_steps
+        max_steps = max(0, min(max_steps, cfg.max_positions - feats.shape[0] - 3))
+        reply = _Reply(feats, max_steps, state)
+        with self._lock:
+            self._waiting.append(reply)
+        return reply
+
+    def pending(self) -> int:
+        """Replies waiting or decoding."""
+        with self._lock:
+            return len(self._waiting) + len(self._active)
+
+    def active(self) -> int:
+        return len(self._active)
+
+    # -- the KV cache of the batch ---------------------------------------------------
+    @staticmethod
+    def _pad_left(t, n: int):
+        import torch
+
+        if n <= 0:
+            return t
+        return torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t], dim=2)
+
+    def _join(self, reply: _Reply, cache) -> None:
+        if not self._active:
+            self._cache, reply.pad = cache, 0
+            self._active.append(reply)
+            return
+        import torch
+
+        old = self._cache.get_seq_length()
+        new = cache.get_seq_length()
+        length = max(old, new)
+        for r in self._active:
+            r.pad += length - old
+        reply.pad = length - new
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            mine.keys = torch.cat([self._pad_left(mine.keys, length - old),
+                                   self._pad_left(theirs.keys, length - new)], dim=0)
+            mine.values = torch.cat([self._pad_left(mine.values, length - old),
+                                     self._pad_left(theirs.values, length - new)], dim=0)
+        self._active.append(reply)
+
+    def _drop_finished(self) -> None:
+        import torch
+
+        keep = [i for i, r in enumerate(self._active) if not r.done]
+        if len(keep) == len(self._active):
+            return
+        self._active = [self._active[i] for i in keep]
+        if not keep:
+            self._cache = None
+            return
+        rows = torch.tensor([2 * i + j for i in keep for j in (0, 1)], dtype=torch.long,
+                            device=self.model.device)
+        trim = min(r.pad for r in self._active)  # columns that are padding for every row left
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, rows)[:, :, trim:]
+            layer.values = layer.values.index_select(0, rows)[:, :, trim:]
+        for r in self._active:
+            r.pad -= trim
+
+    # -- one step --------------------------------------------------------------------
+    def step(self) -> int:
+        """Admit waiting replies (prefill each alone), then one decoding step for every active reply."""
+        import torch
+        from transformers import DynamicCache
+
+        m, cfg = self.model, self.model.cfg
+        with self._lock:
+            room = self.slots - len(self._active)
+            joining, self._waiting = self._waiting[:max(0, room)], self._waiting[max(0, room):]
+        with torch.no_grad():
+            for reply in joining:
+                if reply.gone or reply.state.cancelled:
+                    reply.finish()
+                    continue
+                cache = DynamicCache()
+                reply.logits = m._forward_last(m.embed(m.prompt_ids(reply.feats.shape[0]), reply.feats), cache)
+                reply.feats = None
+                self._join(reply, cache)
+            stepped = len(self._active)
+            nxt = []
+            for r in self._active:  # generate()'s rules, reply by reply
+                if r.gone or r.steps >= r.max_steps:
+                    r.finish()
+                    continue
+                audio, text = m.pick(r.logits)
+                if r.text_end:
+                    text = cfg.pad_t
+                if int(audio[-1]) == cfg.eoa:
+                    r.finish()
+                    continue
+                if text == cfg.eot:
+                    r.text_end = True
+                r.out.put((audio, text))
+                r.steps += 1
+                if r.state.cancelled or r.steps >= r.max_steps:
+                    r.finish()
+                    continue
+                nxt.append(m.next_ids(audio, text))
+            self._drop_finished()
+            if not self._active:
+                return stepped
+            length = self._cache.get_seq_length()
+            n = 2 * len(self._active)
+            mask = torch.ones(n, length + 1, dtype=torch.long, device=m.device)
+            pos = torch.empty(n, 1, dtype=torch.long, device=m.device)
+            for i, r in enumerate(self._active):
+                mask[2 * i:2 * i + 2, :r.pad] = 0
+                pos[2 * i:2 * i + 2, 0] = length - r.pad
+            with m._lock:
+                out = m.net.lm(inputs_embeds=m.embed(torch.cat(nxt, dim=0)), attention_mask=mask,
+                               position_ids=pos, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1]
+            for i, r in enumerate(self._active):
+                r.logits = logits[2 * i:2 * i + 2]
+        return stepped
+
+    def fail(self, error: BaseException) -> None:
+        """A step failed: every reply ends with the error."""
+        with self._lock:
+            replies, self._waiting = self._waiting + self._active, []
+        self._active, self._cache = [], None
+        for r in replies:
+            r.finish(error)
 
 
 # -- building and loading ------------------------------------------------------------
