@@ -16,10 +16,17 @@ from pipecat.frames.frames import Frame, InputAudioRawFrame, InterimTranscriptio
 from pipecat.processors.frame_processor import FrameDirection
 
 from voice.audio import PIPELINE_RATE
-from voice.frames import SpeechStartedFrame, SpeechStoppedFrame, TranscriptFrame, UserTurnEndedFrame
+from voice.frames import (SpeechPendingFrame, SpeechStartedFrame, SpeechStoppedFrame, TranscriptFrame,
+                          UserTurnEndedFrame)
 from voice.owned_tasks import OwnedTasksProcessor
 
-PRE_ROLL_S = 0.3  # audio kept before the VAD onset (the VAD needs start_s to decide)
+PRE_ROLL_S = 0.3  # audio kept before the VAD reports a start (it needs start_s to decide)
+# A start this soon after a dropped candidate also keeps the candidate's audio. A short first word
+# whose stop consonant ends it ("What| is ...") can be dropped as a blip shorter than start_s, and
+# the start then comes at the next word, too late for PRE_ROLL_S to reach back to the first one:
+# a fresh SIP call heard "What is the capital of France?" as "but is the capital of France."
+BRIDGE_S = 0.3
+IDLE_KEEP_S = PRE_ROLL_S + 1.0  # audio kept while no turn is open (covers a bridged candidate)
 TAIL_S = 0.15  # audio kept after the VAD's speech end (soft word endings)
 SETTLE_AFTER_S = 8.0  # a decoded span this long is settled: later pauses decode only what follows
 
@@ -45,6 +52,10 @@ class StreamingASRProcessor(OwnedTasksProcessor):
         # and each pause decodes only from the anchor on, so the cost stays flat.
         self._anchor: float | None = None
         self._settled = ""
+        # The VAD's candidate onsets while no turn is open (SpeechPendingFrame): the first onset of
+        # the current chain of candidates, and when the last one was dropped (None while one is live).
+        self._chain_onset: float | None = None
+        self._chain_dropped: float | None = None
 
     @property
     def now(self) -> float:
@@ -55,11 +66,33 @@ class StreamingASRProcessor(OwnedTasksProcessor):
         self._clock_samples += len(chunk)
         self._buf.append(chunk)
         self._buf_samples += len(chunk)
-        limit = self._max_samples if self._in_turn else int(PRE_ROLL_S * PIPELINE_RATE)
+        limit = self._max_samples if self._in_turn else int(IDLE_KEEP_S * PIPELINE_RATE)
         while self._buf_samples - len(self._buf[0]) >= limit:
             dropped = self._buf.pop(0)
             self._buf_samples -= len(dropped)
         self._buf_start = self.now - self._buf_samples / PIPELINE_RATE
+
+    def _on_pending(self, onset: float | None) -> None:
+        """A candidate onset from the VAD (None: it was dropped as a blip)."""
+        if self._in_turn:
+            return
+        if onset is None:
+            if self._chain_onset is not None:
+                self._chain_dropped = self.now
+            return
+        if self._chain_onset is None or self._chain_dropped is None or self.now - self._chain_dropped > BRIDGE_S:
+            self._chain_onset = onset  # a new chain; else this candidate continues the dropped one
+        self._chain_dropped = None
+
+    def _open_turn(self, onset: float) -> None:
+        """Speech started: keep PRE_ROLL_S before now, reaching back further to the chain's first onset."""
+        extra = max(0.0, onset - self._chain_onset) if self._chain_onset is not None else 0.0
+        self._chain_onset = self._chain_dropped = None
+        keep = int((PRE_ROLL_S + extra) * PIPELINE_RATE)
+        while self._buf and self._buf_samples - len(self._buf[0]) >= keep:
+            self._buf_samples -= len(self._buf.pop(0))
+        self._buf_start = self.now - self._buf_samples / PIPELINE_RATE
+        self._in_turn = True
 
     def _turn_audio(self, since: float | None, until: float) -> np.ndarray:
         audio = np.concatenate(self._buf) if self._buf else np.zeros(0, np.int16)
@@ -117,10 +150,12 @@ class StreamingASRProcessor(OwnedTasksProcessor):
                     and self.now - self._last_partial >= self._partial_interval):
                 self._last_partial = self.now
                 self._start_decode(self.now, final=False)
+        elif isinstance(frame, SpeechPendingFrame):
+            self._on_pending(frame.onset)
         elif isinstance(frame, SpeechStartedFrame):
             self._speaking = True
             if not self._in_turn:
-                self._in_turn = True
+                self._open_turn(frame.onset)
                 self._last_partial = self.now
         elif isinstance(frame, SpeechStoppedFrame):
             self._speaking = False
@@ -128,6 +163,7 @@ class StreamingASRProcessor(OwnedTasksProcessor):
         elif isinstance(frame, UserTurnEndedFrame):
             self._in_turn = False
             self._anchor, self._settled = None, ""
-            self._append(b"")  # trim to pre-roll
+            self._chain_onset = self._chain_dropped = None
+            self._append(b"")  # trim to what is kept between turns
             return  # consumed: nobody upstream needs it
         await self.push_frame(frame, direction)
