@@ -20,8 +20,10 @@ time budget is spent.
 (models/native/batching.py, what ``voice serve --pipeline native`` runs): for
 each of ``--sessions`` (default 1,2,4,8,16,32,48,64) a pool of that many slots,
 one frame per session every 80 ms, tick time p50/p99, frame latency, late
-ticks, GPU memory, against one session alone (``MoshiDuplex.step``, batch 1).
-``--repeats`` runs the sweep several times (median and range per level);
+ticks, GPU memory, against one session alone (``MoshiDuplex.step``, batch 1);
+then as many concurrent Mini-Omni replies through ``BatchedReplies`` (decode
+tick time, time per step per reply including SNAC, first audio; ``--only``
+picks one). ``--repeats`` runs the Moshi sweep several times (median and range);
 ``--plot`` draws tick time against sessions. One fresh H100 call:
 
     python3 bench/gpu_native.py --batched --steps 100 --conc-steps 50 --budget-s 420 \
@@ -316,6 +318,96 @@ def bench_moshi_batched(args, device: str, deadline: float) -> dict:
     return out
 
 
+def bench_mini_omni_batched(args, device: str, deadline: float) -> dict:
+    """Concurrent Mini-Omni replies through models.native.batching.BatchedReplies.
+
+    Each level: ``n`` readers ask for a reply to the same 3 s turn at once and read
+    it to the end (``--reply-steps`` LM steps: random weights never end a reply);
+    the batch decodes every reply in one LM call per tick. Reported: decode tick
+    time (ticks without a prefill), per-reply time per step including its SNAC
+    decoding (real time while <= 85.3 ms, one SNAC frame), first audio after the
+    request, against one reply alone through the model's own ``respond``.
+    """
+    import threading
+
+    from models.native import mini_omni as MO
+    from models.native.batching import BatchedReplies
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    cfg = MO.TINY if args.tiny else MO.FULL
+    t = time.perf_counter()
+    model = MO.build(cfg, device=device, dtype=dtype, seed=0, max_steps=args.reply_steps)
+    budget_ms = 1000.0 * cfg.samples_per_step / cfg.snac["sampling_rate"]
+    out: dict = {"model": "mini-omni:tiny" if args.tiny else "mini-omni-random", "dtype": str(dtype),
+                 "build_s": round(time.perf_counter() - t, 2), "frame_ms": round(budget_ms, 2),
+                 "reply_steps": args.reply_steps, "memory_after_load": _mem(device)}
+    audio = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.05).astype(np.float32)
+
+    def read(stream) -> dict:
+        t0 = time.perf_counter()
+        first, steps = None, 0
+        for o in stream:
+            steps += 1
+            if o.audio.size and first is None:
+                first = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        return {"steps": steps, "ms_per_step": 1000.0 * wall / max(1, steps),
+                "first_audio_ms": None if first is None else 1000.0 * first}
+
+    list(model.respond(model.new_state(), audio, max_steps=4))  # warm-up
+    alone = [read(model.respond(model.new_state(), audio)) for _ in range(2)]
+    out["alone"] = {"ms_per_step": round(float(np.median([a["ms_per_step"] for a in alone])), 3),
+                    "first_audio_ms": round(float(np.median([a["first_audio_ms"] or 0 for a in alone])), 3)}
+    out["levels"] = []
+    for n in args.sessions:
+        if time.perf_counter() > deadline - 5:
+            out["levels"].append({"sessions": n, "error": "time budget spent"})
+            break
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        b = BatchedReplies(model, slots=n, history=args.reply_steps * 4 + 16)
+        results: list[dict] = []
+        errors: list[str] = []
+
+        def reader():
+            try:
+                results.append(read(b.respond(b.new_state(), audio)))
+            except Exception as e:  # noqa: BLE001 - reported in the JSON
+                errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+        threads = [threading.Thread(target=reader) for _ in range(n)]
+        try:
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(timeout=max(10.0, deadline - time.perf_counter() + 60))
+        finally:
+            b.stop()
+        if errors:
+            oom = any("out of memory" in e.lower() for e in errors)
+            out["levels"].append({"sessions": n, "error": "out of memory" if oom else errors[0],
+                                  "memory": _mem(device)})
+            _free(device)
+            break
+        decode = [ms for ms, k, joined in b.tick_log(with_joins=True) if not joined]
+        r = _stats(decode)
+        per_step = [x["ms_per_step"] for x in results]
+        first = [x["first_audio_ms"] for x in results if x["first_audio_ms"] is not None]
+        r.update(sessions=n, slots=n, replies=len(results),
+                 mean_replies_per_tick=round(float(np.mean([k for _, k in b.tick_log()])), 2),
+                 reply_ms_per_step=_stats(per_step), first_audio=_stats(first),
+                 one_at_a_time_ms_per_step=round(n * out["alone"]["ms_per_step"], 3))
+        r["real_time"] = bool(per_step) and max(per_step) <= budget_ms
+        r["memory"] = _mem(device)
+        out["levels"].append(r)
+        _free(device)
+    rows = [r for r in out["levels"] if "p50_ms" in r]
+    out["max_real_time_sessions"] = max([r["sessions"] for r in rows if r["real_time"]], default=0)
+    del model
+    _free(device)
+    return out
+
+
 def _plot_batched(result: dict, path: str) -> str | None:
     try:
         import matplotlib
@@ -491,6 +583,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="--batched: LM context in steps (KV cache size; default the model's, 3000 = 240 s)")
     p.add_argument("--plot", default=None, help="--batched: write a PNG of tick time against sessions")
     p.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default 2)")
+    p.add_argument("--reply-steps", type=int, default=60,
+                   help="--batched: LM steps per Mini-Omni reply (60 = 5.1 s of audio)")
     args = p.parse_args(argv)
     try:
         args.sessions = sorted({int(x) for x in str(args.sessions).split(",") if x.strip()})
@@ -551,8 +645,9 @@ def main(argv: list[str] | None = None) -> dict:
 def _main_batched(args, device: str, result: dict, t_start: float, deadline: float) -> dict:
     result["argv"] = sys.argv[1:]
     runs = []
-    for k in range(max(1, args.repeats)):
-        share = deadline if k == args.repeats - 1 else t_start + (deadline - t_start) * (k + 1) / args.repeats
+    moshi_end = deadline if args.only == "moshi" else t_start + 0.6 * (deadline - t_start)
+    for k in range(max(1, args.repeats) if args.only != "mini-omni" else 0):
+        share = moshi_end if k == args.repeats - 1 else t_start + (moshi_end - t_start) * (k + 1) / args.repeats
         t0 = time.perf_counter()
         try:
             run = bench_moshi_batched(args, device, share)
@@ -582,6 +677,17 @@ def _main_batched(args, device: str, result: dict, t_start: float, deadline: flo
                          for n, rows in sorted(by_n.items())}
         agg["max_real_time_sessions"] = min(r["max_real_time_sessions"] for r in ok)
     result["moshi_batched"] = agg
+    if args.only != "moshi":
+        t0 = time.perf_counter()
+        try:
+            omni = bench_mini_omni_batched(args, device, max(deadline, time.perf_counter() + 30))
+        except ImportError as e:
+            omni = {"skipped": f"missing package: {e}"}
+        except Exception as e:
+            omni = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    "traceback": traceback.format_exc(limit=6)}
+        omni["wall_s"] = round(time.perf_counter() - t0, 2)
+        result["mini_omni_batched"] = omni
     result["total_s"] = round(time.perf_counter() - t_start, 2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=str))
@@ -602,13 +708,34 @@ def _spread(xs: list[float]) -> dict:
 
 def summary_batched(r: dict) -> str:
     agg = r["moshi_batched"]
-    lines = [f"moshi through the batch scheduler on {r.get('gpu') or r['device']} (tiny={r['tiny']}, "
-             f"torch {r['torch']}), {r['total_s']} s, {len(agg['runs'])} run(s)"]
+    lines = [f"native models through the batch schedulers on {r.get('gpu') or r['device']} (tiny={r['tiny']}, "
+             f"torch {r['torch']}), {r['total_s']} s", f"moshi ({len(agg['runs'])} run(s)):"]
     bad = [x for x in agg["runs"] if "solo" not in x]
     for x in bad:
         lines.append(f"  {x.get('skipped') or x.get('error')}")
-    if "solo_p50_ms" not in agg:
-        return "\n".join(lines)
+    if "solo_p50_ms" in agg:
+        lines += _summary_moshi_batched(agg)
+    o = r.get("mini_omni_batched")
+    if o:
+        lines.append("mini-omni:")
+        if "alone" not in o:
+            lines.append(f"  {o.get('skipped') or o.get('error')}")
+        else:
+            lines.append(f"  one reply alone: {o['alone']['ms_per_step']} ms per step incl. SNAC, first audio "
+                         f"{o['alone']['first_audio_ms']} ms (frame {o['frame_ms']} ms)")
+            for row in o["levels"]:
+                if "error" in row:
+                    lines.append(f"  {row['sessions']:>3} replies: {row['error']}")
+                    continue
+                lines.append(f"  {row['sessions']:>3} replies: decode tick p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms, "
+                             f"per reply {row['reply_ms_per_step']['p50_ms']} ms/step (max "
+                             f"{row['reply_ms_per_step']['max_ms']}), first audio p50 {row['first_audio']['p50_ms']} ms")
+            lines.append(f"  replies decoded in real time: {o['max_real_time_sessions']}")
+    return "\n".join(lines)
+
+
+def _summary_moshi_batched(agg: dict) -> list[str]:
+    lines: list[str] = []
     s = agg["solo_p50_ms"]
     lines.append(f"  one session alone (batch 1, MoshiDuplex.step): p50 {s['median']} ms "
                  f"[runs {s['min']}-{s['max']}]")
@@ -622,7 +749,7 @@ def summary_batched(r: dict) -> str:
             if "error" in row:
                 lines.append(f"  {row['sessions']:>3} sessions: {row['error']}")
     lines.append(f"  sessions held in real time (p99 tick <= 80 ms, no late tick): {agg['max_real_time_sessions']}")
-    return "\n".join(lines)
+    return lines
 
 
 def summary(r: dict) -> str:

@@ -147,6 +147,7 @@ class NativeSettings(BaseModel):
     device: str = "cpu"
     # Full-duplex models (Moshi): sessions share one batched step per 80 ms tick over this
     # many slots (models/native/batching.py); a session beyond them is refused (503 busy).
+    # Half-duplex (Mini-Omni): up to this many replies decode in one batch; more wait.
     # 0 steps each session on its own, one at a time.
     slots: int = Field(8, ge=0, le=1024)
 

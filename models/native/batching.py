@@ -306,7 +306,7 @@ class BatchedReplies(DuplexModel):
         self.slots = int(slots)
         self.engine = model.batch_engine(self.slots)
         self._cv = threading.Condition()
-        self._ticks: deque[tuple[float, int, float]] = deque(maxlen=history)
+        self._ticks: deque[tuple[float, int, int]] = deque(maxlen=history)  # (ms, replies, prefilled)
         self._n_ticks = 0
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -376,7 +376,8 @@ class BatchedReplies(DuplexModel):
                 continue
             if n:
                 with self._cv:
-                    self._ticks.append((1000.0 * (time.perf_counter() - t0), n, time.time()))
+                    self._ticks.append((1000.0 * (time.perf_counter() - t0), n,
+                                        getattr(self.engine, "last_joined", 0)))
                     self._n_ticks += 1
 
     def start(self) -> None:
@@ -414,6 +415,7 @@ class BatchedReplies(DuplexModel):
             out["replies_per_tick_last"] = [t[1] for t in ticks[-10:]]
         return out
 
-    def tick_log(self) -> list[tuple[float, int]]:
+    def tick_log(self, with_joins: bool = False) -> list[tuple]:
+        """(milliseconds, replies stepped[, replies prefilled in that tick]) of the last ticks."""
         with self._cv:
-            return [(ms, n) for ms, n, _ in self._ticks]
+            return [t if with_joins else t[:2] for t in self._ticks]

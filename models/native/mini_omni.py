@@ -788,6 +788,7 @@ class MiniOmniBatch:
         self._active: list[_Reply] = []
         self._cache = None
         self._lock = threading.Lock()  # the waiting list (added to from the readers' threads)
+        self.last_joined = 0  # replies prefilled in the last step
 
     def add(self, feats, max_steps: int | None, state: MiniOmniState) -> _Reply:
         cfg = self.model.cfg
@@ -856,7 +857,10 @@ class MiniOmniBatch:
 
     # -- one step --------------------------------------------------------------------
     def step(self) -> int:
-        """Admit waiting replies (prefill each alone), then one decoding step for every active reply."""
+        """Admit waiting replies (prefill each alone), then one decoding step for every active reply.
+
+        Returns how many replies the batched LM call carried (0: none was needed).
+        """
         import torch
         from transformers import DynamicCache
 
@@ -873,7 +877,7 @@ class MiniOmniBatch:
                 reply.logits = m._forward_last(m.embed(m.prompt_ids(reply.feats.shape[0]), reply.feats), cache)
                 reply.feats = None
                 self._join(reply, cache)
-            stepped = len(self._active)
+            self.last_joined = len(joining)
             nxt = []
             for r in self._active:  # generate()'s rules, reply by reply
                 if r.gone or r.steps >= r.max_steps:
@@ -895,7 +899,7 @@ class MiniOmniBatch:
                 nxt.append(m.next_ids(audio, text))
             self._drop_finished()
             if not self._active:
-                return stepped
+                return 0
             length = self._cache.get_seq_length()
             n = 2 * len(self._active)
             mask = torch.ones(n, length + 1, dtype=torch.long, device=m.device)
@@ -909,7 +913,7 @@ class MiniOmniBatch:
             logits = out.logits[:, -1]
             for i, r in enumerate(self._active):
                 r.logits = logits[2 * i:2 * i + 2]
-        return stepped
+        return len(self._active)
 
     def fail(self, error: BaseException) -> None:
         """A step failed: every reply ends with the error."""
