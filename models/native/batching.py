@@ -59,7 +59,7 @@ class BatchedDuplex(DuplexModel):
 
     def __init__(self, model: DuplexModel, slots: int = 8, *, max_wait_s: float | None = None,
                  admit_max_load: float = 0.9, history: int = 50, autostart: bool = True,
-                 step_timeout_s: float = 30.0) -> None:
+                 step_timeout_s: float = 30.0, warm_up: int = 3) -> None:
         if not model.full_duplex:
             raise ValueError(f"{model.name} is half-duplex: only full-duplex models are batched per tick")
         if slots < 1:
@@ -86,6 +86,12 @@ class BatchedDuplex(DuplexModel):
         self._autostart = autostart
         self._thread: threading.Thread | None = None
         self._stopped = False
+        # A model's first steps are slow (lazy initialisation; CUDA graphs are captured on
+        # the second call): take them here, not in a session's first ticks, where they
+        # would also fill the admission window with a false lack of margin. Slot 0 is
+        # reset when a session takes it, like any slot.
+        for k in range(warm_up):  # the first step only encodes; the decoder runs from the second
+            self.engine.step({0: np.zeros(self.input_frame_size, np.float32)}, reset=[0] if k == 0 else [])
 
     # -- sessions ---------------------------------------------------------------------------
     def admits(self) -> str | None:
