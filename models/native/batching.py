@@ -1,4 +1,7 @@
-"""One batched model step per tick for every live session of a full-duplex model.
+"""One batched model step per tick for every live session of a native model.
+
+``BatchedDuplex`` (full duplex, Moshi) is described here; ``BatchedReplies``
+(half duplex, Mini-Omni: concurrent replies in one decoding batch) at its class.
 
 ``BatchedDuplex`` wraps a full-duplex ``DuplexModel`` that can build a batch
 engine (``model.batch_engine(slots)``, e.g. ``MoshiBatch``) and is itself a
