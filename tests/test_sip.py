@@ -35,7 +35,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  #
 from bench.sip_load import Sniffer, pcmu_payload  # noqa: E402
 from voice.audio import read_wav, rms_dbfs  # noqa: E402
 from voice.transports.sip import SIPAgent, SIPError, SIPSettings  # noqa: E402
-from voice.transports.sip.agent import place_call  # noqa: E402
+from voice.transports.sip import place_call  # noqa: E402
 from voice.transports.sip.front import free_port  # noqa: E402
 from voice.transports.sip.transport import echo_session  # noqa: E402
 

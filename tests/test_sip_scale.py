@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.sip]
 
 from bench.sip_load import Sniffer, health, make_questions, place_calls, read_wire  # noqa: E402
 from voice.transports.sip import SIPSettings  # noqa: E402
-from voice.transports.sip.agent import SIPError  # noqa: E402
+from voice.transports.sip.errors import SIPError  # noqa: E402
 from voice.transports.sip.front import (  # noqa: E402
     SIPFront,
     check_config,

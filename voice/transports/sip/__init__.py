@@ -1,9 +1,10 @@
 """SIP phone agent: PJSIP (pjsua2) user agent + a pipecat transport per call.
 
-Public API: :class:`SIPSettings`, :class:`SIPAgent`, :class:`SIPCall`,
-:class:`SIPCallTransport`, :func:`start_sip` (``voice serve --sip``), :func:`serve_sip`,
-:func:`place_call` (``voice call sip:user@host``), :class:`SIPFront` (``sip.workers > 1``: kamailio
-in front of N agent processes, see ``front.py``).
+Public API: :class:`SIPSettings`, :class:`SIPAgent` (agent.py: the PJSIP endpoint and accounts),
+:class:`SIPCall` (call.py: one call's dialog and media), :class:`SIPCallTransport` (transport.py),
+:func:`start_sip` (``voice serve --sip``), :func:`serve_sip`, :func:`place_call` (``voice call
+sip:user@host``; serve.py), :class:`SIPFront` (front.py, ``sip.workers > 1``: kamailio in front of N
+agent processes).
 Importing this package does not load PJSIP or pipecat; they load on first use.
 """
 
@@ -17,17 +18,14 @@ __all__ = ["SIPSettings", "SIPAgent", "SIPCall", "SIPError", "SIPCallTransport",
            "place_call", "SIPFront"]
 
 
+_HOME = {"SIPAgent": "agent", "SIPCall": "call", "SIPError": "errors", "SIPCallTransport": "transport",
+         "SIPFront": "front", "start_sip": "serve", "serve_sip": "serve", "place_call": "serve"}
+
+
 def __getattr__(name: str) -> Any:
-    if name in ("SIPAgent", "SIPCall", "SIPError", "start_sip", "serve_sip", "place_call"):
-        from . import agent
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(name)
+    import importlib
 
-        return getattr(agent, name)
-    if name == "SIPFront":
-        from .front import SIPFront
-
-        return SIPFront
-    if name == "SIPCallTransport":
-        from .transport import SIPCallTransport
-
-        return SIPCallTransport
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -1,4 +1,14 @@
-"""The SIP phone agent: a PJSIP (pjsua2) user agent that answers and places calls.
+"""The SIP phone agent: the PJSIP (pjsua2) endpoint, its transports and accounts, and the calls it
+answers and places (each a :class:`~voice.transports.sip.call.SIPCall`, call.py).
+
+The package's modules, each with one job; imports run one way (serve -> front, agent; worker ->
+agent; agent -> call, policy, transport; transport -> call; call -> audio_port), and no module
+imports one that imports it:
+``agent.py`` (this) the endpoint and accounts; ``call.py`` one call's dialog and media;
+``policy.py`` who may call; ``sipmsg.py`` reading raw SIP text; ``transport.py`` a call as a
+pipecat transport; ``front.py`` the kamailio front's supervision (``sip.workers > 1``);
+``worker.py`` one worker process behind it; ``serve.py`` what ``voice serve --sip`` and
+``voice call`` start; ``errors.py`` SIPError (re-exported here).
 
 Threading
 ---------
@@ -23,9 +33,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import hashlib
 import heapq
-import hmac
 import ipaddress
 import itertools
 import queue
@@ -34,330 +42,24 @@ import secrets
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loguru import logger
 
-from .audio_port import AudioBridge, make_port_class
+from .audio_port import make_port_class
+from .call import PJCall, Lazy, SIPCall
 from .config import FrontLink, SIPSettings
+from .errors import SIPError
+from .policy import InboundPolicy
+from .sipmsg import clean_uri, header, host_of
 
-SessionFn = Callable[["SIPCall"], Awaitable[None]]
+__all__ = ["SIPAgent", "SIPError", "END_GRACE_S"]
 
-_NONCE_TTL_S = 300.0
-_END_GRACE_S = 5.0
+SessionFn = Callable[[SIPCall], Awaitable[None]]
 
-
-class SIPError(RuntimeError):
-    """A SIP-side failure reported as one line (bind failed, call rejected, ...)."""
-
-
-def _clean_uri(uri: str) -> str:
-    """'"Bob" <sip:bob@host:5060>;tag=x' -> 'sip:bob@host:5060'."""
-    m = re.search(r"<([^>]*)>", uri)
-    if m:
-        return m.group(1)
-    return uri.split(";", 1)[0].strip()
-
-
-def _host_of(addr: str) -> str:
-    """'127.0.0.1:5070' / '[::1]:5070' / '::1' -> the IP address."""
-    addr = addr.strip()
-    if addr.startswith("["):
-        return addr[1:addr.index("]")]
-    if addr.count(":") == 1:
-        return addr.rsplit(":", 1)[0]
-    return addr
-
-
-def _header(msg: str, name: str) -> str | None:
-    """The first value of header ``name`` in a raw SIP message (None if absent)."""
-    head = msg.split("\r\n\r\n", 1)[0]
-    for line in head.split("\r\n")[1:]:
-        k, sep, v = line.partition(":")
-        if sep and k.strip().lower() == name.lower():
-            return v.strip()
-    return None
-
-
-def _digest_params(value: str) -> dict[str, str]:
-    if not value.lower().startswith("digest "):
-        return {}
-    out = {}
-    for m in re.finditer(r'(\w+)\s*=\s*("([^"]*)"|[^,\s]*)', value[7:]):
-        out[m.group(1).lower()] = m.group(3) if m.group(3) is not None else m.group(2)
-    return out
-
-
-def _content_length_ok(msg: str) -> bool:
-    """Whether a request's Content-Length matches its body (PJSIP accepts a too-long one over UDP)."""
-    head, sep, body = msg.partition("\r\n\r\n")
-    value = _header(msg, "Content-Length") or _header(msg, "l")
-    if value is None:
-        return True  # over UDP the body is the rest of the datagram
-    try:
-        declared = int(value)
-    except ValueError:
-        return False
-    return declared == len(body.encode("utf-8", "surrogateescape"))
-
-
-def _md5(s: str) -> str:
-    return hashlib.md5(s.encode()).hexdigest()  # noqa: S324 - RFC 2617 digest is MD5
-
-
-class _RateLimiter:
-    """Sliding one-minute window of INVITEs per source IP."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._hits: dict[str, deque[float]] = {}
-
-    def allow(self, ip: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        q = self._hits.setdefault(ip, deque())
-        while q and now - q[0] > 60.0:
-            q.popleft()
-        if len(q) >= self.per_minute:
-            return False
-        q.append(now)
-        if len(self._hits) > 10000:  # forget idle sources
-            for k in [k for k, v in self._hits.items() if not v or now - v[-1] > 60.0]:
-                del self._hits[k]
-        return True
-
-
-class SIPCall:
-    """One call, inbound or outbound, as seen from asyncio.
-
-    Audio goes through :attr:`audio` (an :class:`AudioBridge`: 8 kHz int16
-    mono). Control methods (:meth:`hangup`, :meth:`transfer`,
-    :meth:`send_dtmf`) are thread-safe and return immediately.
-    """
-
-    def __init__(self, agent: SIPAgent, direction: str) -> None:
-        self.agent = agent
-        self.direction = direction  # "inbound" | "outbound"
-        self.session_id = uuid.uuid4().hex[:12]
-        self.audio = AudioBridge()
-        self.pj_id: int | None = None
-        self.remote_uri = ""
-        self.local_uri = ""
-        self.source = ""  # ip:port the INVITE came from (inbound); behind the front: "CALLER_IP via FRONT"
-        self.call_id = ""  # the SIP Call-ID (a proxy in front keeps it: the caller's own)
-        self.local_hangup = False  # we ended it (hangup(), stop(), max duration), not the caller
-        self.state = "new"  # new, ringing, connected, ended
-        self.codec: str | None = None
-        self.on_hold = False
-        self.last_status: int | None = None
-        self.last_reason = ""
-        self.created_at = time.monotonic()
-        self.connected_at: float | None = None
-        self.ended_at: float | None = None
-        self.dtmf_digits: list[str] = []
-        self.transfers: list[str] = []
-        self._dtmf_listeners: list[Callable[[str], Any]] = []
-        self._end_listeners: list[Callable[[], Any]] = []
-        self._connected_evt = asyncio.Event()
-        self._ended_evt = asyncio.Event()
-        # pjsip-thread-only state
-        self._pj: Any = None
-        self._port: Any = None
-        self._accepted = False
-        self._slot: str | None = None  # key in the service's session registry
-
-    # ---- public, asyncio side ----
-    @property
-    def caller(self) -> str:
-        return self.remote_uri if self.direction == "inbound" else self.local_uri
-
-    @property
-    def callee(self) -> str:
-        return self.local_uri if self.direction == "inbound" else self.remote_uri
-
-    @property
-    def ended(self) -> bool:
-        return self.state == "ended"
-
-    @property
-    def connected(self) -> bool:
-        return self.state == "connected"
-
-    async def wait_connected(self, timeout: float | None = None) -> bool:
-        """True once the call is answered; False if it ended (or timed out) first."""
-        t_conn = asyncio.ensure_future(self._connected_evt.wait())
-        t_end = asyncio.ensure_future(self._ended_evt.wait())
-        try:
-            await asyncio.wait({t_conn, t_end}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            t_conn.cancel()
-            t_end.cancel()
-        return self._connected_evt.is_set() and not self._ended_evt.is_set()
-
-    async def wait_ended(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._ended_evt.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-    def add_dtmf_listener(self, fn: Callable[[str], Any]) -> None:
-        """``fn(digit)`` runs on the asyncio loop for every DTMF digit received."""
-        self._dtmf_listeners.append(fn)
-
-    def remove_dtmf_listener(self, fn: Callable[[str], Any]) -> None:
-        if fn in self._dtmf_listeners:
-            self._dtmf_listeners.remove(fn)
-
-    def add_end_listener(self, fn: Callable[[], Any]) -> None:
-        """``fn()`` runs on the asyncio loop once the call has ended (at once if it already has)."""
-        if self.ended:
-            self.agent._loop.call_soon(fn)
-        else:
-            self._end_listeners.append(fn)
-
-    def remove_end_listener(self, fn: Callable[[], Any]) -> None:
-        if fn in self._end_listeners:
-            self._end_listeners.remove(fn)
-
-    def hangup(self, status_code: int | None = None) -> None:
-        """BYE a connected call, CANCEL an outgoing one, reject an unanswered incoming one."""
-        if not self.ended:
-            self.local_hangup = True
-            self.agent._post(self._pj_hangup, status_code)
-
-    def transfer(self, uri: str) -> None:
-        """Blind transfer (REFER) to ``uri``."""
-        if not self.ended:
-            self.agent._post(self._pj_transfer, uri)
-
-    def send_dtmf(self, digits: str) -> None:
-        """Send RFC 4733 DTMF events."""
-        if not self.ended:
-            self.agent._post(self._pj_send_dtmf, digits)
-
-    def stats(self) -> dict[str, Any]:
-        a = self.audio
-        return {
-            "session_id": self.session_id, "direction": self.direction, "state": self.state,
-            "remote_uri": self.remote_uri, "call_id": self.call_id, "codec": self.codec,
-            "last_status": self.last_status,
-            "frames_pulled": a.frames_pulled, "frames_sent_audio": a.frames_sent_audio,
-            "underruns": a.underruns, "frames_received": a.frames_received,
-            "dtmf": "".join(self.dtmf_digits),
-        }
-
-    def __repr__(self) -> str:
-        return f"SIPCall({self.direction} {self.remote_uri or '?'} {self.state})"
-
-    # ---- pjsip thread ----
-    def _pj_hangup(self, status_code: int | None) -> None:
-        import pjsua2 as pj
-
-        if self._pj is None or self.ended:
-            return
-        op = pj.CallOpParam()
-        if status_code:
-            op.statusCode = status_code
-        try:
-            self._pj.hangup(op)
-        except pj.Error as e:
-            logger.debug(f"sip: hangup {self}: {e.info()}")
-
-    def _pj_transfer(self, uri: str) -> None:
-        import pjsua2 as pj
-
-        if self._pj is None or self.ended:
-            return
-        try:
-            self._pj.xfer(uri, pj.CallOpParam(True))
-            self.transfers.append(uri)
-            logger.info(f"sip: call {self.session_id} transferring to {uri}")
-        except pj.Error as e:
-            logger.warning(f"sip: transfer of {self.session_id} to {uri} failed: {e.info()}")
-
-    def _pj_send_dtmf(self, digits: str) -> None:
-        import pjsua2 as pj
-
-        if self._pj is None or not self.connected:
-            return
-        try:
-            self._pj.dialDtmf(digits)
-        except pj.Error as e:
-            logger.debug(f"sip: dtmf {digits!r} on {self.session_id}: {e.info()}")
-
-    def _pj_on_state(self) -> None:
-        import pjsua2 as pj
-
-        if self._pj is None:
-            return
-        ci = self._pj.getInfo()
-        self.pj_id = ci.id
-        self.remote_uri = _clean_uri(ci.remoteUri) or self.remote_uri
-        self.local_uri = _clean_uri(ci.localUri) or self.local_uri
-        self.last_status = int(ci.lastStatusCode)
-        self.last_reason = ci.lastReason
-        if ci.state == pj.PJSIP_INV_STATE_EARLY and self.state == "new":
-            self.state = "ringing"
-        elif ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.state in ("new", "ringing"):
-            self.state = "connected"
-            self.connected_at = time.monotonic()
-            logger.info(f"sip: call {self.session_id} connected ({self.direction} {self.remote_uri})")
-            self.agent._to_loop(self.agent._on_call_connected, self)
-        elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED and self.state != "ended":
-            self.state = "ended"
-            self.ended_at = time.monotonic()
-            logger.log("INFO" if self._accepted else "DEBUG",
-                       f"sip: call {self.session_id} ended ({self.last_status} {self.last_reason})")
-            self._pj_disconnect_port()
-            # Drop the pjsua2 Call right here (it is destroyed as soon as this callback returns,
-            # which pjsua2 allows for DISCONNECTED). Released any later, its destructor would hang
-            # up whichever new call PJSIP has meanwhile put in the same call slot (seen: a 603).
-            self.agent._pj_live.discard(self)
-            self._pj = None
-            self.agent._release(self)
-            self.agent._to_loop(self.agent._on_call_ended, self)
-
-    def _pj_on_media(self) -> None:
-        import pjsua2 as pj
-
-        if self._pj is None or self.ended:
-            return
-        ci = self._pj.getInfo()
-        media = ci.media
-        for i in range(len(media)):
-            mi = media[i]
-            if mi.type != pj.PJMEDIA_TYPE_AUDIO:
-                continue
-            self.on_hold = mi.status in (pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_LOCAL_HOLD)
-            if mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
-                try:
-                    self.codec = self._pj.getStreamInfo(i).codecName
-                except pj.Error:
-                    pass
-                if self._port is None:
-                    self._port = self.agent._port_class(self.audio)
-                    self._port.create(f"call-{self.session_id}")
-                aud = self._pj.getAudioMedia(i)
-                aud.startTransmit(self._port)
-                self._port.startTransmit(aud)
-                logger.debug(f"sip: call {self.session_id} media {mi.status} codec {self.codec}")
-            break
-
-    def _pj_disconnect_port(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            # Released on the pjsip thread a second later: the conference bridge's media
-            # thread can still be in this port's callbacks right after the disconnect, and
-            # freeing it then crashed the process (seen once in a full test run).
-            self.agent._graveyard.append((time.monotonic() + 1.0, port))
-
-    def _pj_on_dtmf(self, digit: str) -> None:
-        # media thread: record and hand off; pjsua2 work goes through the queue
-        self.dtmf_digits.append(digit)
-        self.agent._to_loop(self.agent._on_dtmf, self, digit)
+END_GRACE_S = 5.0  # a session whose call has ended gets this long to finish before it is cancelled
 
 
 class SIPAgent:
@@ -407,10 +109,7 @@ class SIPAgent:
         self._seq = itertools.count()
         self._stopping = threading.Event()
         self._tasks: dict[str, asyncio.Task] = {}
-        self._limiter = _RateLimiter(self.settings.invites_per_minute_per_source)
-        self._allow_nets = [ipaddress.ip_network(n, strict=False) for n in self.settings.allowlist]
-        self._trusted_ips: set[str] = set()
-        self._nonce_key = (front.nonce_key if front is not None and front.nonce_key else secrets.token_bytes(32))
+        self.policy = InboundPolicy(self.settings, front.nonce_key if front is not None else None)
         # pjsip-thread-only
         self._ep: Any = None
         self._accounts: list[Any] = []
@@ -429,7 +128,7 @@ class SIPAgent:
             SIPAgent._active = self
         self._loop = asyncio.get_running_loop()
         if self.settings.trust_registrar and self.settings.registrar_uri:
-            self._trusted_ips = await self._loop.run_in_executor(None, self._resolve_registrar)
+            self.policy.trusted_ips = await self._loop.run_in_executor(None, self._resolve_registrar)
         ready: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._pj_main, args=(ready,), name="pjsip", daemon=True)
         self._thread.start()
@@ -733,23 +432,11 @@ class SIPAgent:
     # ------------------------------------------------------------------ inbound policy (pjsip thread)
     def _admit(self, ip: str, msg: str) -> tuple[int, str, list[tuple[str, str]]]:
         """(0, '', []) to accept, else (status code, reason, extra headers) to reject with."""
-        s = self.settings
-        if not _content_length_ok(msg):
-            return 400, "Bad Request (Content-Length)", []
-        if not self._limiter.allow(ip):
-            return 503, "Service Unavailable", [("Retry-After", "60")]
-        if not self._source_trusted(ip):
-            if not s.digest_enabled:
-                return 403, "Forbidden", []
-            verdict = self._digest_check(msg)
-            if verdict == "missing":
-                return 401, "Unauthorized", [("WWW-Authenticate", self._digest_challenge())]
-            if verdict == "stale":
-                return 401, "Unauthorized", [("WWW-Authenticate", self._digest_challenge(stale=True))]
-            if verdict != "ok":
-                return 403, "Forbidden", []
+        verdict = self.policy.check(ip, msg)
+        if verdict[0]:
+            return verdict
         live = sum(1 for c in self._pj_live if c._accepted and not c.ended)
-        if live >= s.max_calls:
+        if live >= self.settings.max_calls:
             return 486, "Busy Here", []
         return 0, "", []
 
@@ -773,66 +460,22 @@ class SIPAgent:
             except Exception:  # noqa: BLE001
                 logger.exception("sip: session registry release failed")
 
-    def _source_trusted(self, ip: str) -> bool:
-        if ip in self._trusted_ips:
-            return True
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self._allow_nets)
-
-    def _digest_challenge(self, stale: bool = False) -> str:
-        ts = f"{int(time.time()):x}"
-        sig = hmac.new(self._nonce_key, ts.encode(), hashlib.sha256).hexdigest()[:24]
-        out = f'Digest realm="{self.settings.auth_realm}", nonce="{ts}.{sig}", algorithm=MD5, qop="auth"'
-        return out + (", stale=true" if stale else "")
-
-    def _digest_check(self, msg: str) -> str:
-        s = self.settings
-        value = _header(msg, "Authorization")
-        if not value:
-            return "missing"
-        p = _digest_params(value)
-        nonce = p.get("nonce", "")
-        ts, _, sig = nonce.partition(".")
-        good = hmac.new(self._nonce_key, ts.encode(), hashlib.sha256).hexdigest()[:24]
-        if not sig or not hmac.compare_digest(sig, good):
-            return "missing"  # not our nonce: challenge afresh
-        try:
-            if time.time() - int(ts, 16) > _NONCE_TTL_S:
-                return "stale"
-        except ValueError:
-            return "missing"
-        if p.get("algorithm", "MD5").upper() != "MD5" or p.get("realm") != s.auth_realm:
-            return "bad"
-        if not hmac.compare_digest(p.get("username", ""), s.auth_user or ""):
-            return "bad"
-        method = msg.split(" ", 1)[0]
-        ha1 = _md5(f"{s.auth_user}:{s.auth_realm}:{s.auth_password.get_secret_value()}")  # type: ignore[union-attr]
-        ha2 = _md5(f"{method}:{p.get('uri', '')}")
-        if p.get("qop"):
-            expect = _md5(f"{ha1}:{nonce}:{p.get('nc', '')}:{p.get('cnonce', '')}:{p['qop']}:{ha2}")
-        else:
-            expect = _md5(f"{ha1}:{nonce}:{ha2}")
-        return "ok" if hmac.compare_digest(expect, p.get("response", "")) else "bad"
-
     def _pj_on_incoming(self, acc: Any, prm: Any) -> None:
         import pjsua2 as pj
 
         call = SIPCall(self, "inbound")
-        pjc = _Call(acc, prm.callId, call)
+        pjc = PJCall(acc, prm.callId, call)
         call._pj = pjc
         self._pj_live.add(call)
         call.pj_id = prm.callId
         call.source = prm.rdata.srcAddress
         msg = prm.rdata.wholeMsg
-        ip = _host_of(call.source)
+        ip = host_of(call.source)
         if self.front is not None and ip == self.front.proxy_host and \
                 (not self.front.proxy_port or call.source.rsplit(":", 1)[-1] == str(self.front.proxy_port)):
             # Through the front: the inbound policy applies to the caller it names (it strips any
             # X-Voice-Source a caller sent); without the header, to the front itself.
-            fwd = (_header(msg, "X-Voice-Source") or "").strip()
+            fwd = (header(msg, "X-Voice-Source") or "").strip()
             try:
                 ipaddress.ip_address(fwd)
                 call.source = f"{fwd} via {call.source}"
@@ -841,8 +484,8 @@ class SIPAgent:
                 pass
         try:
             ci = pjc.getInfo()
-            call.remote_uri = _clean_uri(ci.remoteUri)
-            call.local_uri = _clean_uri(ci.localUri)
+            call.remote_uri = clean_uri(ci.remoteUri)
+            call.local_uri = clean_uri(ci.localUri)
             call.call_id = ci.callIdString
         except pj.Error:
             pass
@@ -913,7 +556,7 @@ class SIPAgent:
         call = SIPCall(self, "outbound")
         if not self._reserve(call):
             raise SIPError("the service is at its session limit")
-        pjc = _Call(acc, pj.PJSUA_INVALID_ID, call)
+        pjc = PJCall(acc, pj.PJSUA_INVALID_ID, call)
         call._pj = pjc
         call._accepted = True
         call.remote_uri = uri
@@ -988,7 +631,7 @@ class SIPAgent:
         call._end_listeners.clear()
         task = self._tasks.get(call.session_id)
         if task is not None and not task.done():
-            self._loop.call_later(_END_GRACE_S, lambda: task.done() or task.cancel())
+            self._loop.call_later(END_GRACE_S, lambda: task.done() or task.cancel())
 
     def _on_dtmf(self, call: SIPCall, digit: str) -> None:
         logger.info(f"sip: call {call.session_id} DTMF {digit!r}")
@@ -1055,126 +698,5 @@ def _account_class():
     return Account
 
 
-def _call_class():
-    import pjsua2 as pj
 
-    class Call(pj.Call):
-        def __init__(self, acc, call_id, owner: SIPCall) -> None:
-            super().__init__(acc, call_id)
-            self.owner = owner
-
-        def onCallState(self, prm) -> None:  # noqa: N802
-            try:
-                self.owner._pj_on_state()
-            except Exception:  # noqa: BLE001
-                logger.exception("sip: onCallState failed")
-
-        def onCallMediaState(self, prm) -> None:  # noqa: N802
-            try:
-                self.owner._pj_on_media()
-            except Exception:  # noqa: BLE001
-                logger.exception("sip: onCallMediaState failed")
-
-        def onDtmfDigit(self, prm) -> None:  # noqa: N802
-            try:
-                self.owner._pj_on_dtmf(prm.digit)
-            except Exception:  # noqa: BLE001
-                logger.exception("sip: onDtmfDigit failed")
-
-        def onCallTransferRequest(self, prm) -> None:  # noqa: N802
-            # Never let a caller make us dial elsewhere (toll fraud): refuse incoming REFERs.
-            logger.info(f"sip: refusing REFER to {prm.dstUri} on {self.owner.session_id}")
-            prm.statusCode = 603
-
-        def onCallTransferStatus(self, prm) -> None:  # noqa: N802
-            try:
-                prm.cont = self.owner.agent._pj_on_transfer_status(self.owner, int(prm.statusCode),
-                                                                   bool(prm.finalNotify))
-            except Exception:  # noqa: BLE001
-                logger.exception("sip: onCallTransferStatus failed")
-
-    return Call
-
-
-class _Lazy:
-    """Build the pjsua2 subclasses on first use so importing this module does not load PJSIP."""
-
-    def __init__(self, factory: Callable[[], type]) -> None:
-        self._factory = factory
-        self._cls: type | None = None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._cls is None:
-            self._cls = self._factory()
-        return self._cls(*args, **kwargs)
-
-
-_Account = _Lazy(_account_class)
-_Call = _Lazy(_call_class)
-
-
-async def start_sip(app_state: Any) -> SIPAgent:
-    """What ``voice serve --sip`` calls (voice.service): start the phone agent on the service's
-    models, settings (``settings.sip``) and session registry; returns the agent (``await agent.stop()``).
-
-    With ``sip.workers > 1`` it starts the kamailio front and its worker processes instead
-    (:class:`voice.transports.sip.front.SIPFront`, also stopped with ``await handle.stop()``).
-    """
-    app_settings = app_state.settings
-    sip = getattr(app_settings, "sip", None) or SIPSettings()
-    if sip.workers > 1:
-        from .front import start_front
-
-        return await start_front(app_state)
-    agent = SIPAgent(sip, runtime=app_state.runtime, app_settings=app_settings,
-                     registry=getattr(app_state, "registry", None), app_state=app_state)
-    await agent.start()
-    return agent
-
-
-async def serve_sip(runtime: Any, app_settings: Any, sip_settings: SIPSettings | None = None, *,
-                    session: SessionFn | None = None, stop_event: asyncio.Event | None = None) -> None:
-    """Run the phone agent until ``stop_event`` is set (or the task is cancelled).
-
-    What ``voice serve --sip`` starts: each answered call runs
-    ``voice.session.run_session`` on its own SIPCallTransport.
-    """
-    sip = sip_settings or getattr(app_settings, "sip", None) or SIPSettings()
-    agent = SIPAgent(sip, session, runtime=runtime, app_settings=app_settings)
-    await agent.start()
-    try:
-        if stop_event is None:
-            await asyncio.Event().wait()
-        else:
-            await stop_event.wait()
-    finally:
-        await agent.stop()
-
-
-async def place_call(uri: str, runtime: Any = None, app_settings: Any = None, *,
-                     sip_settings: SIPSettings | None = None, session: SessionFn | None = None,
-                     answer_timeout: float = 60.0) -> SIPCall:
-    """Call ``uri`` and talk until either side hangs up (what ``voice call sip:user@host`` runs).
-
-    Uses a private agent on a free port (so it works next to a running
-    ``voice serve --sip``), with the SIP settings' registrar if one is
-    configured. Returns the ended call (``call.stats()`` has the numbers).
-    """
-    sip = sip_settings or getattr(app_settings, "sip", None) or SIPSettings()
-    sip = sip.model_copy(update={"port": 0})
-    agent = SIPAgent(sip, session, runtime=runtime, app_settings=app_settings)
-    await agent.start()
-    try:
-        if sip.registrar_uri:
-            for _ in range(100):  # up to 10 s for the REGISTER round trip
-                if agent.registered or (agent.reg_status or 0) >= 300:
-                    break
-                await asyncio.sleep(0.1)
-        call = await agent.place_call(uri, timeout=answer_timeout)
-        await call.wait_ended()
-        task = agent._tasks.get(call.session_id)
-        if task is not None:
-            await asyncio.wait({task}, timeout=_END_GRACE_S + 1)
-        return call
-    finally:
-        await agent.stop()
+_Account = Lazy(_account_class)

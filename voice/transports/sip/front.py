@@ -54,7 +54,7 @@ from typing import Any
 
 from loguru import logger
 
-from .agent import SIPError
+from .errors import SIPError
 from .config import SIPSettings
 
 TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "kamailio" / "kamailio.cfg"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -39,9 +39,7 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 from voice.audio import resample_pcm16
 
 from .audio_port import SIP_RATE, EdgeUpsampler
-
-if TYPE_CHECKING:
-    from .agent import SIPCall
+from .call import SIPCall
 
 PIPELINE_RATE = 16000
 AHEAD_MS = 60.0  # most audio queued into the call ahead of playout

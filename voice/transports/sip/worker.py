@@ -89,7 +89,8 @@ async def run(app, sip, link, index: int) -> int:
 
     from voice.runtime import Runtime
 
-    from .agent import SIPAgent, SIPError
+    from .agent import SIPAgent
+    from .errors import SIPError
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
