@@ -8,19 +8,17 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-# Debian packages: espeak-ng/sox make test speech; kamailio is the SIP front of
-# `voice serve --sip --sip-workers N` (N > 1; the package also enables its own
-# kamailio.service on port 5060, which we do not use); chromium drives the browser
+# Debian packages: espeak-ng/sox make test speech; chromium drives the browser
 # test; sip-tester (SIPp) and baresip are the SIP peers; docker-compose validates
-# the deployment file offline.
-APT_RUN := espeak-ng sox kamailio
+# the deployment file offline. kamailio is not among them: see sip-front below.
+APT_RUN := espeak-ng sox
 APT_TEST := $(APT_RUN) libsox-fmt-all chromium chromium-driver sip-tester baresip docker-compose
 
 # moshi pins torch<2.10 and snac/openai-whisper would pull a CUDA torch: they go
 # in without deps; what they really need is in the [native] extra.
 NO_DEPS := moshi==0.2.13 snac==1.2.1 openai-whisper==20250625
 
-.PHONY: run test install system-deps-run system-deps-test bench bench-latency bench-load bench-soak bench-sip clean
+.PHONY: run test install system-deps-run system-deps-test sip-front bench bench-latency bench-load bench-soak bench-sip clean
 
 run: system-deps-run $(STAMP)
 	$(VENV)/bin/voice serve
@@ -52,8 +50,24 @@ endef
 system-deps-run:
 	$(call apt_install,$(APT_RUN))
 
-system-deps-test:
+system-deps-test: sip-front
 	$(call apt_install,$(APT_TEST))
+
+# kamailio (Debian package) is the SIP front of `voice serve --sip --sip-workers N` with N > 1 and
+# nothing else; `make run` does not install it (`voice serve` says so in one line when it is
+# missing), the tests and bench-sip do. The package enables its own kamailio.service on port
+# 5060, which we do not use (the service starts a kamailio of its own): when this target has just
+# installed the package, it stops and disables that service (systemd hosts only).
+sip-front:
+	@if ! dpkg -s kamailio >/dev/null 2>&1; then \
+	  echo ">> installing Debian package: kamailio"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends kamailio >/dev/null; \
+	  if [ -d /run/systemd/system ]; then \
+	    echo ">> disabling kamailio.service (the package's own proxy on port 5060; voice starts its own kamailio)"; \
+	    $$SUDO systemctl disable --now kamailio >/dev/null 2>&1 || true; \
+	  fi; \
+	fi
 
 bench-latency: system-deps-run $(STAMP)
 	$(PY) -m bench.latency --n 12

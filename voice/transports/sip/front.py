@@ -72,8 +72,8 @@ def find_kamailio(sip: SIPSettings) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
     if path is None:
         raise SIPError(f"sip.workers = {sip.workers} needs kamailio as the SIP front, and {name!r} was not "
-                       "found (Debian/Ubuntu: apt-get install kamailio; `make run` installs it), "
-                       "or set sip.workers = 1")
+                       "found: install the Debian/Ubuntu package kamailio (apt-get install kamailio, or "
+                       "`make sip-front`), or set sip.workers = 1")
     return path
 
 
