@@ -328,7 +328,8 @@ async def test_service_health_shows_slots_and_refuses_when_full():
                                                                   "pipeline": "native"})
                 assert r.status_code == 503, r.text
                 assert r.json() == {"error": "busy", "detail": "all 1 native model slots are in use"}
-                assert (await client.get(f"{base}/health")).json()["sessions"] == 0  # reservation released
+                health = (await client.get(f"{base}/health")).json()
+                assert health["sessions"] == 0 and health["native"]["refused"] == 1  # reservation released
                 model.close_state(held)
                 assert (await client.get(f"{base}/health")).json()["native"]["slots_used"] == 0
     finally:

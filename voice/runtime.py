@@ -87,9 +87,9 @@ class Runtime:
         return status() if callable(status) else None
 
     def native_refusal(self) -> str | None:
-        """Why a new native session would be refused now (no free slot, no margin); None if it would not."""
+        """Why a new native session is refused now (no free slot, no margin; counted); None if it is not."""
         admits = getattr(self._native, "admits", None)
-        return admits() if callable(admits) else None
+        return admits(record=True) if callable(admits) else None
 
     @classmethod
     def load(cls, settings) -> "Runtime":

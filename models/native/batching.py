@@ -97,10 +97,16 @@ class BatchedDuplex(DuplexModel):
             self.engine.step({0: np.zeros(self.input_frame_size, np.float32)}, reset=[0] if k == 0 else [])
 
     # -- sessions ---------------------------------------------------------------------------
-    def admits(self) -> str | None:
-        """Why a new session would be refused now (None: it would be admitted)."""
+    def admits(self, record: bool = False) -> str | None:
+        """Why a new session would be refused now (None: it would be admitted).
+
+        ``record``: the caller refuses a session for that reason (counted in ``status``).
+        """
         with self._cv:
-            return self._refusal()
+            why = self._refusal()
+            if why is not None and record:
+                self._refused += 1
+            return why
 
     def _refusal(self) -> str | None:
         if self._stopped:
@@ -405,7 +411,7 @@ class BatchedReplies(DuplexModel):
             thread.join(timeout=10)
         self.engine.fail(RuntimeError("the native model is shutting down"))
 
-    def admits(self) -> str | None:
+    def admits(self, record: bool = False) -> str | None:
         return "the native model is shutting down" if self._stopped else None
 
     def status(self) -> dict[str, Any]:
