@@ -858,3 +858,77 @@ async def test_start_sip_shares_the_service_session_limit():
     finally:
         await agent.stop()
     assert registry.live == 0  # the call's slot went back when the agent hung it up
+
+
+# ----------------------------------------------------------------------------- SIP details (issue 20)
+
+@needs_sipp
+@pytest.mark.parametrize("offer, expect", [("a=fmtp:101 0-15", "0-15"), ("a=fmtp:101 0-11", "0-11"),
+                                           ("a=ptime:20", "0-15")], ids=["0-15", "0-11", "no-fmtp"])
+async def test_answer_lists_only_the_dtmf_events_offered(tmp_path, make_agent, offer, expect):
+    """RFC 4733: the answer's telephone-event fmtp lists events from those offered (no fmtp in the
+    offer means 0-15). PJSIP on its own answers 0-16 whatever the offer. SIPp checks the 200's
+    SDP itself (the call fails on any other event list)."""
+    agent = await make_agent()
+    scen = fill(HERE / "uac_dtmf_answer.xml", tmp_path / "dtmf.xml", FMTP=offer, EXPECT=expect)
+    rc, log = await run_sipp(scen, agent.bound_port, tmp_path, "-m", "1")
+    assert rc == 0, log
+    (call,) = agent.history
+    assert call.connected_at is not None
+
+
+@needs_sipp
+async def test_options_advertises_only_what_a_caller_gets(tmp_path, make_agent):
+    """OPTIONS: Allow lists neither REFER (a caller's REFER is declined, 603) nor SUBSCRIBE (refused
+    with 405, which SIPp checks); the methods a call needs are there."""
+    agent = await make_agent()
+    rc, log = await run_sipp(HERE / "uac_options.xml", agent.bound_port, tmp_path, "-m", "1")
+    assert rc == 0, log
+    msgs = (tmp_path / "uac_options_msg.log").read_text(errors="replace")
+    allow = re.search(r"^Allow:\s*([^\r\n]*)", msgs.split("SIP/2.0 200 OK", 1)[1], re.M | re.I)
+    assert allow, msgs[-3000:]
+    methods = {m.strip() for m in allow.group(1).split(",")}
+    assert not methods & {"REFER", "SUBSCRIBE"}, methods
+    assert {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "NOTIFY"} <= methods, methods
+
+
+async def test_callers_bad_requests_are_one_line_warnings(make_agent):
+    """Requests a caller gets wrong (no common codec, a CSeq out of range, no Call-ID, broken
+    SDP, broken headers) are answered or dropped and logged as one-line warnings, never ERROR."""
+    from loguru import logger
+
+    records: list = []
+    sink = logger.add(lambda m: records.append(m.record), level="WARNING")
+    try:
+        agent = await make_agent(log_level=3)
+        p = agent.bound_port
+        loop = asyncio.get_running_loop()
+        g729 = ("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+                "m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n")
+        cases = [
+            lambda r: r.message("INVITE", body=g729),
+            lambda r: r.message("INVITE").replace(b"CSeq: 1 INVITE", b"CSeq: 99999999999 INVITE"),
+            lambda r: re.sub(rb"Call-ID: [^\r]*\r\n", b"", r.message("INVITE")),
+            lambda r: r.message("INVITE", body="this is not SDP \x00\x01\x02 at all\r\n"),
+            lambda r: f"INVITE sip:agent@127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:9;bra".encode(),
+        ]
+
+        def exchange(build) -> None:
+            raw = RawSIP(p, host="127.0.0.2")
+            try:
+                data = build(raw)
+                raw.send(data)
+                for r in raw.collect(1.0, until_final=1):
+                    if status_of(r) >= 300:
+                        raw.ack_final(data, r)
+            finally:
+                raw.close()
+
+        for build in cases:
+            await loop.run_in_executor(None, exchange, build)
+    finally:
+        logger.remove(sink)
+    mine = [r for r in records if r["name"].startswith("voice.transports.sip")]
+    assert mine, "nothing was logged about the bad requests"
+    assert not [r["message"] for r in mine if r["level"].no >= 40], [r["message"] for r in mine]
+    assert all("\n" not in r["message"] for r in mine), [r["message"] for r in mine]

@@ -60,6 +60,10 @@ __all__ = ["SIPAgent", "SIPError", "END_GRACE_S"]
 SessionFn = Callable[[SIPCall], Awaitable[None]]
 
 END_GRACE_S = 5.0  # a session whose call has ended gets this long to finish before it is cancelled
+# Methods PJSIP's modules put in the Allow header (OPTIONS, dialog responses) that a caller does not
+# get here: a REFER is declined (603: we never dial elsewhere for a caller) and a SUBSCRIBE refused
+# (405). MESSAGE stays: PJSIP answers it 200 (the agent logs it and does nothing with it).
+NOT_ALLOWED = ("REFER", "SUBSCRIBE")
 
 
 class SIPAgent:
@@ -119,6 +123,7 @@ class SIPAgent:
         self._graveyard: list[Any] = []
         self._port_class: Any = None
         self._log_writer: Any = None
+        self.allow = ""  # the methods the Allow header advertises (set when PJSIP starts)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> SIPAgent:
@@ -339,6 +344,10 @@ class SIPAgent:
         self.bound_port = first_port
         ep.libStart()
         ep.audDevManager().setNullDev()
+        allow = _pj_limit_allow(NOT_ALLOWED)
+        if allow is None:
+            logger.warning("sip: could not read PJSIP's Allow header; OPTIONS advertises PJSIP's default methods")
+        self.allow = ", ".join(allow or [])
 
         ranks = {c.lower(): i for i, c in enumerate(s.codecs)}
         for ci in ep.codecEnum2():
@@ -653,19 +662,87 @@ class SIPAgent:
                             "no sip.transfer_uri configured")
 
 
+# PJSIP's messages about what a caller sent (malformed SIP or SDP, a request it cannot serve): the
+# request is answered or dropped, nothing failed here, so they are warnings, not errors.
+_CALLER_FAULTS = ("Error processing", "packet from", "SDP", "Error parsing", "verification failed",
+                  "Missing required header", "Bad Request", "Unable to parse")
+
+
+def _pjsip_log_level(level: int, msg: str) -> str:
+    lvl = "ERROR" if level <= 1 else "WARNING" if level == 2 else "DEBUG"
+    if "already in use" in msg and "RTP" in msg:
+        return "DEBUG"  # PJSIP moves on to the next RTP port by itself
+    if lvl == "ERROR" and any(k in msg for k in _CALLER_FAULTS):
+        return "WARNING"
+    return lvl
+
+
 def _make_log_writer():
     import pjsua2 as pj
 
     class _LogWriter(pj.LogWriter):
         def write(self, entry) -> None:  # noqa: D401 - pjsua2 callback
-            lvl = "ERROR" if entry.level <= 1 else "WARNING" if entry.level == 2 else "DEBUG"
-            if "already in use" in entry.msg and "RTP" in entry.msg:
-                lvl = "DEBUG"  # PJSIP moves on to the next RTP port by itself
-            elif ("Error processing" in entry.msg and "packet from" in entry.msg) or "SDP" in entry.msg:
-                lvl = "WARNING"  # malformed SIP/SDP from the network: rejected or dropped, not our error
-            logger.log(lvl, "pjsip: " + entry.msg.rstrip())
+            first, _, rest = entry.msg.rstrip().partition("\n")
+            lvl = _pjsip_log_level(entry.level, first)
+            if rest and lvl != "DEBUG":
+                # One line (e.g. "Error processing packet from ...:"); the packet dump that follows
+                # goes to DEBUG.
+                logger.log(lvl, "pjsip: " + first.rstrip())
+                logger.debug("pjsip: " + rest)
+            else:
+                logger.log(lvl, "pjsip: " + entry.msg.rstrip())
 
     return _LogWriter()
+
+
+def _pj_limit_allow(drop: tuple[str, ...]) -> list[str] | None:
+    """Remove ``drop`` from the endpoint's Allow capability; returns the methods left in it.
+
+    pjsua2 has no call for this, so it goes through the C functions the wheel exports
+    (``pjsua_get_pjsip_endpt``, ``pjsip_endpt_get_capability``) and edits the header in place
+    (a ``pjsip_generic_array_hdr``). The layout is checked first (header type, the name "Allow",
+    method tokens); on any mismatch nothing is changed and None is returned. Pjsip thread,
+    before the first request.
+    """
+    import ctypes
+
+    import pjsua2 as pj
+    from pjsua2 import _pjsua2
+
+    class PjStr(ctypes.Structure):
+        _fields_ = [("ptr", ctypes.c_void_p), ("slen", ctypes.c_ssize_t)]
+
+    class ArrayHdr(ctypes.Structure):  # pjsip_generic_array_hdr (PJSIP_GENERIC_ARRAY_MAX_COUNT = 32)
+        _fields_ = [("prev", ctypes.c_void_p), ("next", ctypes.c_void_p), ("type", ctypes.c_int),
+                    ("name", PjStr), ("sname", PjStr), ("vptr", ctypes.c_void_p), ("count", ctypes.c_uint),
+                    ("values", PjStr * 32)]
+
+    def text(s: PjStr) -> str | None:
+        if not s.ptr or not 0 < s.slen < 64:
+            return None
+        return ctypes.string_at(s.ptr, s.slen).decode("ascii", "replace")
+
+    try:
+        lib = ctypes.CDLL(_pjsua2.__file__)
+        lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
+        lib.pjsip_endpt_get_capability.restype = ctypes.c_void_p
+        lib.pjsip_endpt_get_capability.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        addr = lib.pjsip_endpt_get_capability(lib.pjsua_get_pjsip_endpt(), pj.PJSIP_H_ALLOW, None)
+        if not addr:
+            return None
+        hdr = ArrayHdr.from_address(addr)
+        if hdr.type != pj.PJSIP_H_ALLOW or text(hdr.name) != "Allow" or not 0 < hdr.count <= 32:
+            return None
+        values = [(hdr.values[i].ptr, hdr.values[i].slen, text(hdr.values[i])) for i in range(hdr.count)]
+        if any(m is None or not m.isalpha() or not m.isupper() for _, _, m in values):
+            return None
+        keep = [v for v in values if v[2] not in drop]
+        for i, (ptr, slen, _) in enumerate(keep):
+            hdr.values[i].ptr, hdr.values[i].slen = ptr, slen
+        hdr.count = len(keep)
+        return [m for _, _, m in keep]
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def _account_class():
@@ -694,6 +771,20 @@ def _account_class():
 
         def onInstantMessage(self, prm) -> None:  # noqa: N802
             logger.debug(f"sip: MESSAGE from {prm.fromUri} ignored")
+
+        def onIncomingSubscribe(self, prm) -> None:  # noqa: N802
+            # No presence here: PJSIP would accept anyone's SUBSCRIBE and send them NOTIFYs.
+            try:
+                logger.info(f"sip: refusing SUBSCRIBE from {prm.fromUri} (405)")
+                prm.code = 405
+                prm.reason = "Method Not Allowed"
+                if self.agent.allow:
+                    h = pj.SipHeader()
+                    h.hName = "Allow"
+                    h.hValue = self.agent.allow
+                    prm.txOption.headers.append(h)
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: onIncomingSubscribe failed")
 
     return Account
 

@@ -17,7 +17,7 @@ from typing import Any
 from loguru import logger
 
 from .audio_port import AudioBridge
-from .sipmsg import clean_uri
+from .sipmsg import answer_dtmf_events, clean_uri
 
 
 class SIPCall:
@@ -277,6 +277,18 @@ def _call_class():
                 self.owner._pj_on_dtmf(prm.digit)
             except Exception:  # noqa: BLE001
                 logger.exception("sip: onDtmfDigit failed")
+
+        def onCallSdpCreated(self, prm) -> None:  # noqa: N802
+            # An answer (to the INVITE or a re-INVITE) lists only the DTMF events that were offered.
+            try:
+                offer = prm.remSdp.wholeSdp
+                if offer:
+                    ours = prm.sdp.wholeSdp
+                    fixed = answer_dtmf_events(ours, offer)
+                    if fixed != ours:
+                        prm.sdp.wholeSdp = fixed
+            except Exception:  # noqa: BLE001
+                logger.exception("sip: onCallSdpCreated failed")
 
         def onCallTransferRequest(self, prm) -> None:  # noqa: N802
             # Never let a caller make us dial elsewhere (toll fraud): refuse incoming REFERs.
