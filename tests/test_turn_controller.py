@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from voice.turn.completeness import completeness, is_question, is_request
 from voice.turn.controller import State, TurnConfig, TurnController, is_backchannel
 
@@ -266,3 +268,43 @@ def test_no_backchannel_while_the_vad_weighs_a_possible_next_word():
     d._take(d.c.on_speech_pending(d.t, None))
     d.advance(0.1)
     assert d.kinds() == ["backchannel"]
+
+
+def test_a_statement_smart_turn_is_sure_of_is_taken_like_a_question():
+    cfg = dict(smart_turn_confident_p=0.9, confident_monologue_after_s=5.0, backchannels=False)
+    sure = Driver(**cfg).speak(2.0).advance(0.2).transcript("I'm the marketing expert.", smart_p=0.97)
+    sure.advance(1.5)
+    assert sure.kinds()[-1] in ("commit", "confirm")
+    assert sure.first(sure.kinds()[-1]).data["t"] - sure.c.speech_end == pytest.approx(0.46, abs=0.021)
+    # Not sure enough: the statement wait, as before.
+    unsure = Driver(**cfg).speak(2.0).advance(0.2).transcript("I'm the marketing expert.", smart_p=0.6)
+    assert unsure.c.required_wait("I'm the marketing expert.", 0.6) >= unsure.c.config.statement_wait_s
+    # Words that say the turn goes on still win over Smart Turn's confidence.
+    assert unsure.c.required_wait("Training will provide a better experience with", 0.99) == unsure.c.config.max_wait_s
+    # Off (the rule's threshold above 1): Smart Turn's confidence changes nothing.
+    off = TurnController(TurnConfig(smart_turn_confident_p=1.01))
+    assert off.required_wait("I'm the marketing expert.", 0.99) >= off.config.statement_wait_s
+
+
+def test_a_sure_statement_waits_longer_deep_in_a_monologue():
+    d = Driver(smart_turn_confident_p=0.9, confident_monologue_after_s=5.0, backchannels=False)
+    for _ in range(4):
+        d.speak(3.0).advance(0.2).transcript("And then we drove up to the lake.", smart_p=0.2).advance(0.5)
+    # 12 s of speech: 7 s past the threshold, 0.08 s each, on top of the short wait.
+    wait = d.c.required_wait("We stayed there for a week.", 0.97)
+    assert wait == pytest.approx(min(d.c.config.monologue_max_wait_s, 0.45 + 0.08 * 7.0))
+    assert not any(k in ("commit", "confirm") for k in d.kinds())
+
+
+def test_no_reply_straight_after_a_backchannel_in_the_same_pause():
+    # A long turn and a pause that gets an acknowledgement; the turn then reads complete.
+    d = Driver(backchannel_hold_s=1.2, monologue_wait_per_s=0.0, statement_wait_s=1.0)
+    d.speak(4.0).advance(0.2).transcript("We drove up to the lake.", smart_p=0.5).advance(2.5)
+    kinds = d.kinds()
+    assert kinds[0] == "backchannel" and kinds[-1] in ("commit", "confirm")
+    bc = d.first("backchannel").data["t"]
+    end = d.first(kinds[-1]).data["t"]
+    # Without the acknowledgement the statement wait (1.0 s) would end the turn; after it,
+    # the agent waits backchannel_hold_s from the acknowledgement's start.
+    assert end - bc >= 1.2 - 1e-6
+    assert end - d.c.speech_end == pytest.approx((bc - d.c.speech_end) + 1.2, abs=0.021)

@@ -56,6 +56,14 @@ class TurnConfig:
     # speech so far (s of wait per s of speech), up to monologue_max_wait_s.
     monologue_wait_per_s: float = 0.08
     monologue_max_wait_s: float = 1.8
+    # A statement Smart Turn is this sure of (P(complete) at or over it), with text that
+    # reads complete, is taken after endpoint_silence_s like a question; in a long turn
+    # the wait grows by monologue_wait_per_s for each s of speech past
+    # confident_monologue_after_s. Real voices: Smart Turn (trained on human speech) tells
+    # a finished statement from a held one better than the words (docs/turn-taking.md).
+    # Above 1: off.
+    smart_turn_confident_p: float = 1.01
+    confident_monologue_after_s: float = 5.0
     complete_p: float = 0.6            # fused completion probability for the short wait
     incomplete_p: float = 0.3          # below this, the long wait
     smart_turn_weight: float = 0.35    # Smart Turn vs text cues in the fused probability
@@ -74,6 +82,8 @@ class TurnConfig:
     backchannel_min_turn_s: float = 3.0   # the user must have been talking this long
     backchannel_after_s: float = 0.35     # into the pause
     backchannel_min_interval_s: float = 5.0
+    # After a backchannel, no reply in the same pause for this long (from its start).
+    backchannel_hold_s: float = 1.2
     resume_after_s: float = 0.3        # silence after a false interruption before resuming
     false_interruption_max_s: float = 1.2  # longer than this is never "just a backchannel"
 
@@ -106,6 +116,7 @@ class TurnController:
         self._segment_start: float | None = None
         self._last_backchannel = -1e9
         self._backchannel_done_for: float | None = None  # the pause that got one
+        self._backchannel_silence = 0.0                  # ... and how far into it
         self.barge_in: dict | None = None    # the interruption being judged (real or false)
         # The VAD hears a possible onset it has not confirmed yet (vad.start_s): the user
         # may be going on, so the agent takes no turn, backchannel or resume until it decides.
@@ -141,7 +152,10 @@ class TurnController:
         c = completeness(text)
         if c <= 0.2:
             return False
-        return self.config.smart_turn_veto_p > 0 or (1 - self.config.smart_turn_weight) * c < self.config.complete_p
+        cfg = self.config
+        if cfg.smart_turn_confident_p <= 1.0 and not is_request(text):
+            return True  # a statement: Smart Turn's confidence may shorten its wait
+        return cfg.smart_turn_veto_p > 0 or (1 - cfg.smart_turn_weight) * c < cfg.complete_p
 
     def required_wait(self, text: str, smart_p: float | None = None) -> float:
         """Silence needed before the turn counts as ended."""
@@ -161,6 +175,10 @@ class TurnController:
         complete = p >= cfg.complete_p and not vetoed
         if complete and is_request(text):
             return cfg.endpoint_silence_s
+        if complete and smart_p is not None and smart_p >= cfg.smart_turn_confident_p:
+            past = max(0.0, self._turn_speech_s - cfg.confident_monologue_after_s)
+            return min(max(cfg.monologue_max_wait_s, cfg.endpoint_silence_s),
+                       cfg.endpoint_silence_s + cfg.monologue_wait_per_s * past)
         base = cfg.statement_wait_s if complete else cfg.mid_wait_s
         monologue = min(cfg.monologue_max_wait_s, cfg.statement_wait_s + cfg.monologue_wait_per_s * self._turn_speech_s)
         return max(base, monologue)
@@ -242,6 +260,11 @@ class TurnController:
                 return self._set(State.LISTENING, t)
             return []
         wait = self.required_wait(text, self._smart_p)
+        if self._backchannel_done_for == self.speech_end:
+            # The agent acknowledged this pause ("mm-hmm", at most 0.8 s): a reply straight
+            # after it ("Yeah, yeah, that's true.") sounds like the agent talking over itself.
+            # It answers only once the user has stayed quiet a while after the acknowledgement.
+            wait = max(wait, self._backchannel_silence + self.config.backchannel_hold_s)
         if silence >= wait and not held:
             return self._end_turn(t, text)
         actions: list[Action] = []
@@ -259,6 +282,7 @@ class TurnController:
     def _backchannel(self, t: float) -> list[Action]:
         self._last_backchannel = t
         self._backchannel_done_for = self.speech_end
+        self._backchannel_silence = t - self.speech_end if self.speech_end is not None else 0.0
         return [Action("backchannel", data={"t": t})]
 
     def _backchannel_due(self, t: float, silence: float, wait: float) -> bool:
