@@ -75,7 +75,7 @@ def main_make_data(args: argparse.Namespace) -> int:
 def add_bench_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``bench fdb`` and ``bench make-data`` under a CLI's subparsers; return the ``bench`` parser."""
     bench = subparsers.add_parser("bench", help="benchmarks (Full-Duplex-Bench v1)")
-    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="{fdb,make-data}")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="{fdb,make-data,endpoint}")
 
     fdb = sub.add_parser("fdb", help="run Full-Duplex-Bench v1 tasks against the agent and score them")
     fdb.add_argument("data_dir", help="FDB v1 data folder (task folders with numbered samples) or one task folder")
@@ -101,4 +101,8 @@ def add_bench_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argume
     mk.add_argument("--speaker", choices=("espeak", "piper"), default="espeak",
                     help="espeak-ng voices (default) or the embedded Piper voice (human-like prosody)")
     mk.set_defaults(func=main_make_data)
+
+    from bench.endpoint import add_endpoint_parser
+
+    add_endpoint_parser(sub)
     return bench

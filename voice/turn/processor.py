@@ -153,14 +153,16 @@ class TurnProcessor(FrameProcessor):
                 self._backchannel_playing = False
                 await self.broadcast_interruption()
             starts_turn = c.state in (State.LISTENING, State.THINKING, State.AGENT_SPEAKING)
-            self.events.emit("user_speech_start", turn=c.turn + starts_turn, t=frame.onset)
+            # t: the onset; at: when the VAD reported it (what an offline replay needs).
+            self.events.emit("user_speech_start", turn=c.turn + starts_turn, t=frame.onset, at=round(self.now, 4))
             await self._apply(c.on_speech_started(self.now, frame.onset))
             return
         if isinstance(frame, SpeechPendingFrame):
+            self.events.emit("user_speech_pending", turn=c.turn, t=self.now, onset=frame.onset)
             await self._apply(c.on_speech_pending(self.now, frame.onset))
             return
         if isinstance(frame, SpeechStoppedFrame):
-            self.events.emit("user_speech_stop", turn=c.turn, t=frame.end)
+            self.events.emit("user_speech_stop", turn=c.turn, t=frame.end, at=round(self.now, 4))
             await self._apply(c.on_speech_stopped(self.now, frame.end))
             return
         if isinstance(frame, TurnProbabilityFrame):

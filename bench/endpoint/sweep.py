@@ -1,0 +1,191 @@
+"""Endpointing policies, swept: false cut-offs against latency (eot-bench's measures).
+
+Every policy is judged at the same pauses (``features.Pause``):
+
+- a ``hold`` pause is a **false cut-off** when the policy takes the turn before
+  the user's next candidate onset;
+- at an ``eot`` pause the **latency** is the silence from the VAD's end of speech
+  to the decision (dead air, including the VAD's own stop time and the analysis
+  the policy waits for); a policy that has not decided by the time the silence
+  ends is charged the whole silence.
+
+A policy family is swept over its knobs; each setting is one operating point
+(mean latency, false cut-off rate). Reported, as eot-bench does: the false
+cut-off rate at a latency budget (the lowest rate among settings whose mean
+latency is within it) and the latency at a cut-off budget, plus the frontier.
+
+Families:
+- ``silence``: take the turn after a fixed silence (the VAD alone);
+- ``smart_turn``: Smart Turn v3.2 alone, eot-bench's three knobs: its
+  probability at or over ``threshold`` takes the turn once ``action_delay`` of
+  silence has passed and the model has answered, else ``timeout``;
+- ``text``: the transcript's completeness cues alone (``voice.turn.completeness``),
+  same three knobs;
+- ``controller``: our ``TurnController``, replayed tick by tick
+  (``replay.replay``) over a grid of its own settings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
+
+from bench.endpoint.features import Pause, Recording
+from bench.endpoint.replay import decisions_by_pause, replay
+from voice.turn.completeness import completeness
+from voice.turn.controller import TurnConfig
+
+LATENCY_BUDGETS = (0.3, 0.6)
+CUTOFF_BUDGETS = (0.05, 0.10)
+
+
+@dataclass
+class Point:
+    family: str
+    params: dict[str, Any]
+    cutoff_rate: float
+    mean_latency: float
+    median_latency: float
+    n_hold: int
+    n_eot: int
+    cutoffs: int
+
+
+def score(family: str, params: dict[str, Any], pauses: list[Pause], fire: dict[int, float]) -> Point:
+    """One operating point from the decision time of each pause ({pause index: t}; absent = never)."""
+    holds = [p for p in pauses if p.label == "hold"]
+    eots = [p for p in pauses if p.label == "eot"]
+    cutoffs = sum(1 for p in holds if p.index in fire and fire[p.index] < p.resume - 1e-9)
+    lat = []
+    for p in eots:
+        limit = (p.resume - p.end) if p.resume is not None else math.inf
+        t = fire.get(p.index)
+        lat.append(min(limit, t - p.end) if t is not None else limit)
+    lat = [x for x in lat if math.isfinite(x)]
+    lat_sorted = sorted(lat)
+    median = lat_sorted[len(lat) // 2] if len(lat) % 2 else (sum(lat_sorted[len(lat) // 2 - 1:len(lat) // 2 + 1]) / 2 if lat else math.nan)
+    return Point(family, params, cutoffs / len(holds) if holds else math.nan,
+                 sum(lat) / len(lat) if lat else math.nan, median, len(holds), len(eots), cutoffs)
+
+
+def _all_pauses(recs: list[Recording]) -> list[Pause]:
+    """Every labelled pause, re-indexed across recordings."""
+    out = []
+    for r in recs:
+        for p in r.pauses:
+            if p.label is not None:
+                out.append(replace(p, index=len(out)))
+    return out
+
+
+def _threshold_policy(recs: list[Recording], family: str, score_of: Callable[[Pause], float | None],
+                      ready_at: Callable[[Pause], float]) -> list[Point]:
+    pauses = _all_pauses(recs)
+    points = []
+    for threshold, delay, timeout in itertools.product(
+            [round(0.05 * k, 2) for k in range(1, 20)], (0.0, 0.1, 0.2, 0.3, 0.5, 0.8),
+            (1.0, 1.5, 2.0, 2.5, 3.0)):
+        fire = {}
+        for p in pauses:
+            s = score_of(p)
+            if s is not None and s >= threshold:
+                fire[p.index] = max(p.end + delay, ready_at(p))
+            else:
+                fire[p.index] = max(p.end + timeout, p.stop_at)
+        points.append(score(family, {"threshold": threshold, "action_delay": delay, "timeout": timeout},
+                            pauses, fire))
+    return points
+
+
+def silence_points(recs: list[Recording]) -> list[Point]:
+    pauses = _all_pauses(recs)
+    points = []
+    for k in range(0, 60):
+        wait = round(0.05 * k, 2)
+        fire = {p.index: max(p.end + wait, p.stop_at) for p in pauses}
+        points.append(score("silence", {"wait": wait}, pauses, fire))
+    return points
+
+
+def smart_turn_points(recs: list[Recording]) -> list[Point]:
+    # Alone, Smart Turn runs as soon as the VAD reports the pause (no transcript to wait for).
+    return _threshold_policy(recs, "smart_turn", lambda p: p.smart_p, lambda p: p.stop_at + p.smart_s)
+
+
+def text_points(recs: list[Recording]) -> list[Point]:
+    return _threshold_policy(recs, "text", lambda p: completeness(p.text) if p.text.strip() else None,
+                             lambda p: p.stop_at + p.asr_s)
+
+
+# The controller's waits, scaled together; and its fusion settings.
+WAIT_FIELDS = ("endpoint_silence_s", "statement_wait_s", "mid_wait_s", "max_wait_s", "monologue_max_wait_s")
+CONTROLLER_GRID = {
+    "scale": (0.2, 0.3, 0.4, 0.55, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0),
+    "smart_turn_veto_p": (0.0, 0.05),
+    "smart_turn_confident_p": (1.01, 0.9, 0.7),
+}
+
+
+def controller_config(base: TurnConfig, scale: float = 1.0, **overrides: Any) -> TurnConfig:
+    scaled = {f: getattr(base, f) * scale for f in WAIT_FIELDS}
+    return replace(base, **{**scaled, **overrides})
+
+
+def controller_fire(recs: list[Recording], config: TurnConfig) -> tuple[list[Pause], dict[int, float]]:
+    pauses, fire = [], {}
+    for r in recs:
+        decided = decisions_by_pause(replay(r.events, r.duration, config), r.pauses)
+        for p in r.pauses:
+            if p.label is None:
+                continue
+            q = replace(p, index=len(pauses))
+            pauses.append(q)
+            if p.index in decided:
+                fire[q.index] = decided[p.index]
+    return pauses, fire
+
+
+def controller_points(recs: list[Recording], base: TurnConfig,
+                      grid: dict[str, tuple] | None = None) -> list[Point]:
+    grid = grid or CONTROLLER_GRID
+    names = list(grid)
+    points = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        params = dict(zip(names, values))
+        overrides = {k: v for k, v in params.items() if k != "scale"}
+        cfg = controller_config(base, params.get("scale", 1.0), **overrides)
+        pauses, fire = controller_fire(recs, cfg)
+        points.append(score("controller", params, pauses, fire))
+    return points
+
+
+def default_point(recs: list[Recording], base: TurnConfig) -> Point:
+    pauses, fire = controller_fire(recs, base)
+    return score("controller (settings)", {f.name: getattr(base, f.name) for f in fields(base)
+                                          if f.name in WAIT_FIELDS + ("smart_turn_weight", "smart_turn_veto_p",
+                                                                      "smart_turn_confident_p")},
+                 pauses, fire)
+
+
+def frontier(points: list[Point]) -> list[Point]:
+    """The Pareto frontier: no other point has both fewer cut-offs and less latency."""
+    ok = [p for p in points if not math.isnan(p.cutoff_rate) and not math.isnan(p.mean_latency)]
+    ok.sort(key=lambda p: (p.mean_latency, p.cutoff_rate))
+    out, best = [], math.inf
+    for p in ok:
+        if p.cutoff_rate < best - 1e-12:
+            out.append(p)
+            best = p.cutoff_rate
+    return out
+
+
+def cutoff_at_latency(points: list[Point], budget: float) -> Point | None:
+    ok = [p for p in points if p.mean_latency <= budget + 1e-9]
+    return min(ok, key=lambda p: (p.cutoff_rate, p.mean_latency)) if ok else None
+
+
+def latency_at_cutoff(points: list[Point], budget: float) -> Point | None:
+    ok = [p for p in points if p.cutoff_rate <= budget + 1e-9]
+    return min(ok, key=lambda p: (p.mean_latency, p.cutoff_rate)) if ok else None
