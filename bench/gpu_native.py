@@ -24,10 +24,15 @@ ticks, GPU memory, against one session alone (``MoshiDuplex.step``, batch 1);
 then as many concurrent Mini-Omni replies through ``BatchedReplies`` (decode
 tick time, time per step per reply including SNAC, first audio; ``--only``
 picks one). ``--repeats`` runs the Moshi sweep several times (median and range);
-``--plot`` draws tick time against sessions. One fresh H100 call:
+``--plot`` draws tick time against sessions; ``--stagger`` gives each session
+its own thread and phase of the 80 ms period, as real callers arrive, and so
+measures the wait a frame spends for the others' (one tick per period). One
+fresh H100 call:
 
-    python3 bench/gpu_native.py --batched --steps 100 --conc-steps 50 --budget-s 420 \
-        --out $OUT/gpu_native_batched.json --plot $OUT/gpu_native_batched.png
+    python3 bench/gpu_native.py --batched --steps 100 --conc-steps 50 --budget-s 270 \
+        --out $OUT/gpu_native_batched.json --plot $OUT/gpu_native_batched.png && \
+    python3 bench/gpu_native.py --batched --only moshi --stagger --sessions 1,8,32 --steps 20 \
+        --conc-steps 50 --budget-s 100 --out $OUT/gpu_native_batched_stagger.json
 
 (at full context 48 and 64 sessions need more than 80 GB: they are reported as
 out of memory on an H100; ``--lm-context`` shrinks the KV cache.) The CPU check
@@ -255,39 +260,27 @@ def bench_moshi_batched(args, device: str, deadline: float) -> dict:
         b = BatchedDuplex(model, slots=n, history=total * n + 8)
         sessions = [b.new_state() for _ in range(n)]
         period = frame_ms / 1000.0 if args.pace else 0.0
-        latency, late = [], 0
+        staggered = bool(args.stagger and period)
         try:
-            next_t = time.perf_counter()
-            mark = 0
-            for i in range(total):
-                if i == args.warmup:
-                    mark = len(b.tick_log())
-                t0 = time.perf_counter()
-                futs = [b.submit(s, pcm[(i + k) % len(pcm)]) for k, s in enumerate(sessions)]
-                for f in futs:
-                    f.result(timeout=120)
-                done = time.perf_counter()
-                if i >= args.warmup:
-                    latency.append((done - t0) * 1000)
-                next_t += period
-                if period and done > next_t:
-                    late += i >= args.warmup  # this frame's output came after the next frame was due
-                    next_t = done
-                elif period:
-                    time.sleep(next_t - done)
-                if time.perf_counter() > deadline:
-                    break
+            if staggered:
+                latency, late, mark = _staggered(b, sessions, pcm, period, args.warmup, total, deadline)
+            else:
+                latency, late, mark = _aligned(b, sessions, pcm, period, args.warmup, total, deadline)
         finally:
             for s in sessions:
                 b.close_state(s)
             b.stop()
         log = b.tick_log()[mark:]
         r = _stats([ms for ms, _ in log])
-        r.update(sessions=n, slots=n, ticks=len(log),
+        r.update(sessions=n, slots=n, ticks=len(log), staggered=staggered,
                  mean_frames_per_tick=round(float(np.mean([k for _, k in log])), 2) if log else None,
-                 frame_latency=_stats(latency), late_ticks=late,
+                 # late: periods (aligned) or frames (staggered) answered after the next frame was due
+                 frame_latency=_stats(latency), late=late,
                  one_at_a_time_ms=round(n * out["solo"]["p50_ms"], 3))
-        r["real_time_p99"] = r["p99_ms"] <= frame_ms and late == 0
+        if staggered:  # a frame may wait up to one period for the others' phases, then its tick
+            r["real_time_p99"] = r["p99_ms"] <= frame_ms and r["frame_latency"]["p99_ms"] <= 2 * frame_ms
+        else:
+            r["real_time_p99"] = r["p99_ms"] <= frame_ms and late == 0
         r["memory"] = _mem(device)
         return r
 
@@ -407,6 +400,79 @@ def bench_mini_omni_batched(args, device: str, deadline: float) -> dict:
     del model
     _free(device)
     return out
+
+
+def _aligned(b, sessions, pcm, period: float, warmup: int, total: int, deadline: float):
+    """Every ``period`` (0: back to back) one frame for every session at once; wait for all outputs.
+
+    Returns (latencies ms from the frames' hand-over to the last output, late
+    periods, tick count at the end of warm-up). A period is late when its outputs
+    come after the next frames are due.
+    """
+    latency: list[float] = []
+    late, mark = 0, 0
+    next_t = time.perf_counter()
+    for i in range(total):
+        if i == warmup:
+            mark = len(b.tick_log())
+        t0 = time.perf_counter()
+        futs = [b.submit(s, pcm[(i + k) % len(pcm)]) for k, s in enumerate(sessions)]
+        for f in futs:
+            f.result(timeout=120)
+        done = time.perf_counter()
+        if i >= warmup:
+            latency.append((done - t0) * 1000)
+        next_t += period
+        if period and done > next_t:
+            late += i >= warmup
+            next_t = done
+        elif period:
+            time.sleep(next_t - done)
+        if time.perf_counter() > deadline:
+            break
+    return latency, late, mark
+
+
+def _staggered(b, sessions, pcm, period: float, warmup: int, total: int, deadline: float):
+    """Each session on its own thread, its frames due at its own phase (k / n of a frame).
+
+    Returns (frame latencies ms, frames late, tick count at the end of warm-up). A
+    frame is late when its output comes after the session's next frame is due.
+    """
+    import threading
+
+    n = len(sessions)
+    t_base = time.perf_counter() + 0.05
+    latency: list[float] = []
+    late = [0]
+    lock = threading.Lock()
+
+    def run(k, s):
+        for i in range(total):
+            due = t_base + (i + k / n) * period
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            t0 = time.perf_counter()
+            b.submit(s, pcm[(i + k) % len(pcm)]).result(timeout=120)
+            done = time.perf_counter()
+            if i >= warmup:
+                with lock:
+                    latency.append((done - t0) * 1000)
+                    late[0] += done > due + period
+            if done > deadline:
+                break
+
+    threads = [threading.Thread(target=run, args=(k, s)) for k, s in enumerate(sessions)]
+    for th in threads:
+        th.start()
+    wait = t_base + warmup * period - time.perf_counter()
+    if wait > 0:
+        time.sleep(wait)
+    mark = len(b.tick_log())
+    for th in threads:
+        th.join()
+    return latency, late[0], mark
 
 
 def _plot_batched(result: dict, path: str) -> str | None:
@@ -580,6 +646,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=1, help="--batched: run the whole sweep this many times")
     p.add_argument("--no-pace", dest="pace", action="store_false",
                    help="--batched: hand out frames back to back instead of every 80 ms")
+    p.add_argument("--stagger", action="store_true",
+                   help="--batched: each session's frames due at its own phase of the 80 ms period "
+                        "(a thread per session), as real callers arrive; default: all at once")
     p.add_argument("--lm-context", type=int, default=None,
                    help="--batched: LM context in steps (KV cache size; default the model's, 3000 = 240 s)")
     p.add_argument("--plot", default=None, help="--batched: write a PNG of tick time against sessions")
@@ -749,7 +818,8 @@ def _summary_moshi_batched(agg: dict) -> list[str]:
         for row in run.get("levels", []):
             if "error" in row:
                 lines.append(f"  {row['sessions']:>3} sessions: {row['error']}")
-    lines.append(f"  sessions held in real time (p99 tick <= 80 ms, no late tick): {agg['max_real_time_sessions']}")
+    lines.append(f"  sessions held in real time (p99 tick <= 80 ms; aligned: no late output, staggered: frame "
+                 f"latency p99 <= 160 ms): {agg['max_real_time_sessions']}")
     return lines
 
 

@@ -359,8 +359,14 @@ def test_gpu_bench_batched_tiny_on_cpu(tmp_path):
         for row, n in zip(run["levels"], (1, 3)):
             assert row["sessions"] == row["slots"] == n and row["ticks"] >= 4
             assert round(row["ticks"] * row["mean_frames_per_tick"]) == 4 * n  # every frame stepped once
-            assert row["frame_latency"]["n"] == 4 and row["late_ticks"] == 0
+            assert row["frame_latency"]["n"] == 4 and row["late"] == 0
     assert saved["levels"]["3"]["runs"] == 2 and saved["max_real_time_sessions"] in (0, 1, 3)
+    staggered = tmp_path / "staggered.json"  # a thread per session, each at its own phase of 80 ms
+    bench.main(["--batched", "--only", "moshi", "--tiny", "--device", "cpu", "--threads", "1", "--sessions", "3",
+                "--steps", "2", "--conc-steps", "3", "--warmup", "1", "--stagger", "--out", str(staggered)])
+    row = json.loads(staggered.read_text())["moshi_batched"]["runs"][0]["levels"][0]
+    assert row["staggered"] and row["frame_latency"]["n"] == 9  # 3 sessions x 3 measured frames
+    assert round(row["ticks"] * row["mean_frames_per_tick"]) >= 9
     with pytest.raises(SystemExit):
         bench.main(["--batched", "--sessions", "0,x", "--out", str(out)])
 
