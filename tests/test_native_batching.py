@@ -1,9 +1,12 @@
-"""The batching scheduler for full-duplex models (models/native/batching.py) with tiny random Moshi.
+"""The native batch schedulers (models/native/batching.py) with tiny random models, on CPU.
 
-Every comparison is against ``MoshiDuplex.step`` alone (batch 1, the path that
-ran before batching) fed the same frames, greedy decoding, fixed seeds: text
-tokens must be identical, audio equal to float32 rounding (batched kernels sum
-in another order; the largest difference seen is ~7e-8 on audio of ~1e-2).
+Moshi: every comparison is against ``MoshiDuplex.step`` alone (batch 1, the
+path that ran before batching) fed the same frames, greedy decoding, fixed
+seeds: text tokens must be identical, audio equal to float32 rounding (batched
+kernels sum in another order; the largest difference seen is ~7e-8 on audio
+peaking near 0.09). Mini-Omni: reply tokens against ``generate`` alone. Then
+the pipeline processor, the Runtime, /health and admission over real HTTP, and
+the GPU benchmark's --batched logic (--tiny).
 """
 
 from __future__ import annotations
