@@ -257,7 +257,8 @@ def bench_moshi_batched(args, device: str, deadline: float) -> dict:
         total = args.warmup + ticks
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        b = BatchedDuplex(model, slots=n, history=total * n + 8)
+        max_wait = None if args.max_wait_ms is None else args.max_wait_ms / 1000.0
+        b = BatchedDuplex(model, slots=n, history=total * n + 8, max_wait_s=max_wait)
         sessions = [b.new_state() for _ in range(n)]
         period = frame_ms / 1000.0 if args.pace else 0.0
         staggered = bool(args.stagger and period)
@@ -272,7 +273,7 @@ def bench_moshi_batched(args, device: str, deadline: float) -> dict:
             b.stop()
         log = b.tick_log()[mark:]
         r = _stats([ms for ms, _ in log])
-        r.update(sessions=n, slots=n, ticks=len(log), staggered=staggered,
+        r.update(sessions=n, slots=n, ticks=len(log), staggered=staggered, max_wait_ms=1000.0 * b.max_wait_s,
                  mean_frames_per_tick=round(float(np.mean([k for _, k in log])), 2) if log else None,
                  # late: periods (aligned) or frames (staggered) answered after the next frame was due
                  frame_latency=_stats(latency), late=late,
@@ -646,6 +647,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=1, help="--batched: run the whole sweep this many times")
     p.add_argument("--no-pace", dest="pace", action="store_false",
                    help="--batched: hand out frames back to back instead of every 80 ms")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="--batched: the scheduler's max_wait (default one frame): a tick runs when the "
+                        "oldest waiting frame has waited this long, even if some sessions' are missing")
     p.add_argument("--stagger", action="store_true",
                    help="--batched: each session's frames due at its own phase of the 80 ms period "
                         "(a thread per session), as real callers arrive; default: all at once")

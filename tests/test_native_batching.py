@@ -132,6 +132,23 @@ def test_admission_refuses_when_full_or_without_margin(moshi):
     assert len(st["tick_ms_last"]) == 6 and st["tick_ms_p50"] > 0
 
 
+def test_margin_reads_tick_time_and_busy_share():
+    from models.native.batching import margin_refusal
+
+    now = 1000.0
+    ok = [(20.0, 4, now - 2.0 + 0.08 * i) for i in range(25)]  # 20 ms every 80 ms: 25 % busy
+    assert margin_refusal(ok, now, 0.08, 0.9) is None
+    quarters = [(10.0, 2, now - 0.025 * i) for i in range(80)]  # short ticks, 4 per frame: 40 % busy
+    assert "stepped 40 % of the last 2 s" in margin_refusal(quarters, now, 0.08, 0.3)  # though each is 12 %
+    slow = ok[:-5] + [(75.0, 4, now - 0.01 * i) for i in range(5)]  # the last ticks take 75 of 80 ms
+    assert "p90 of the last 20 ticks" in margin_refusal(slow, now, 0.08, 0.9)
+    crowded = [(40.0, 4, now - 0.04 * i) for i in range(50)]  # two 40 ms ticks per frame: 100 % busy
+    why = margin_refusal(crowded, now, 0.08, 0.9)
+    assert "of the last 2 s" in why and "\n" not in why
+    old = [(79.0, 4, now - 10 - i) for i in range(3)]  # a busy spell long gone, too few for a p90
+    assert margin_refusal(old, now, 0.08, 0.9) is None
+
+
 def test_disconnect_with_a_frame_waiting_frees_the_slot(moshi):
     m = moshi
     a, x = _frames(m, 7, 6), _frames(m, 8, 6)
@@ -273,10 +290,10 @@ async def test_processor_refused_when_no_slot_is_free(moshi):
 def test_runtime_batches_native_models():
     from voice.runtime import Runtime
 
-    rt = Runtime(None, None, None, None, native_spec="moshi:tiny", native_slots=3)
+    rt = Runtime(None, None, None, None, native_spec="moshi:tiny", native_slots=3, native_max_wait_ms=40)
     assert rt.native_status() is None and rt.native_refusal() is None  # not loaded yet
     m = rt.native_model()
-    assert isinstance(m, BatchedDuplex) and m.slots == 3
+    assert isinstance(m, BatchedDuplex) and m.slots == 3 and rt.native_status()["max_wait_ms"] == 40.0
     assert rt.native_status()["slots"] == 3 and rt.native_status()["slots_used"] == 0
     m.stop()
     assert "shutting down" in rt.native_refusal()

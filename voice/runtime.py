@@ -61,6 +61,7 @@ class Runtime:
         default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="reply"))
     native_spec: str = "moshi"
     native_slots: int = 8  # settings.native.slots: sessions (Moshi) / replies (Mini-Omni) per batch; 0: unbatched
+    native_max_wait_ms: float | None = None  # settings.native.max_wait_ms (Moshi's tick policy)
     sessions: LiveSessions = field(default_factory=LiveSessions)
     _native: object = None
     _native_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,7 +77,11 @@ class Runtime:
                 if self.native_slots > 0 and hasattr(model, "batch_engine"):
                     from models.native.batching import BatchedDuplex, BatchedReplies
 
-                    model = (BatchedDuplex if model.full_duplex else BatchedReplies)(model, self.native_slots)
+                    if model.full_duplex:
+                        wait = None if self.native_max_wait_ms is None else self.native_max_wait_ms / 1000.0
+                        model = BatchedDuplex(model, self.native_slots, max_wait_s=wait)
+                    else:
+                        model = BatchedReplies(model, self.native_slots)
                 self._native = model
                 logger.info(f"native model {model.name} loaded in {time.perf_counter() - started:.2f}s")
             return self._native
@@ -122,7 +127,8 @@ class Runtime:
         backchannels = synthesize_backchannels(synth)
         runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
                       analysis=analysis, reply_threads=model_executor(64, "reply", settings.model_nice),
-                      native_spec=settings.native.model, native_slots=settings.native.slots, sessions=sessions)
+                      native_spec=settings.native.model, native_slots=settings.native.slots,
+                      native_max_wait_ms=settings.native.max_wait_ms, sessions=sessions)
         if settings.asr.batch_max > 1 and hasattr(transcriber, "transcribe_batch"):
             runtime.transcriber = BatchingTranscriber(transcriber, runtime.analysis, settings.asr.batch_max)
         if settings.pipeline == "native":

@@ -156,6 +156,10 @@ class NativeSettings(BaseModel):
     # Half-duplex (Mini-Omni): up to this many replies decode in one batch; more wait.
     # 0 steps each session on its own, one at a time.
     slots: int = Field(8, ge=0, le=1024)
+    # Moshi: a tick waits at most this long for every live session's frame (None: one frame,
+    # 80 ms: one tick per frame). Lower cuts the wait of sessions at different phases
+    # (docs/native.md) for more ticks, each costing the whole pool.
+    max_wait_ms: float | None = Field(None, ge=1.0, le=1000.0)
 
 
 class WebRTCSettings(BaseModel):

@@ -24,7 +24,8 @@ than that. One session alone is stepped as soon as its frame arrives; sessions
 in real time, whatever their phases, share one tick per frame period.
 
 Admission: ``new_state`` raises ``ModelBusy`` when every slot is taken or when
-recent ticks leave no real-time margin (p90 over ``admit_max_load`` of a frame).
+recent ticks leave no real-time margin (``margin_refusal``: a tick's p90, or the
+share of the last 2 s spent in ticks, over ``admit_max_load`` of a frame).
 """
 
 from __future__ import annotations
@@ -40,7 +41,32 @@ import numpy as np
 
 from models.native.base import DuplexModel, ModelBusy, StepOutput, as_float_frame
 
-__all__ = ["BatchedDuplex", "BatchedReplies", "Slot"]
+__all__ = ["BatchedDuplex", "BatchedReplies", "Slot", "margin_refusal"]
+
+
+def margin_refusal(ticks: list[tuple[float, int, float]], now: float, frame_s: float,
+                   max_load: float) -> str | None:
+    """Why recent ticks leave no real-time margin for another session, or None.
+
+    ``ticks``: (milliseconds, frames, end time in ``time.time()`` seconds), oldest
+    first. Two readings, each over ``max_load`` of the frame refuses: the p90 of the
+    last 20 ticks (from 5 on: one tick must fit in a frame), and the share of the
+    last 2 s spent in ticks (with ``max_wait_s`` under a frame, several ticks share
+    one frame period).
+    """
+    frame_ms = 1000.0 * frame_s
+    recent = [ms for ms, _, _ in ticks[-20:]]
+    if len(recent) >= 5:
+        p90 = float(np.percentile(recent, 90))
+        if p90 > max_load * frame_ms:
+            return (f"the native model step takes {p90:.0f} ms of its {frame_ms:.0f} ms frame "
+                    f"(p90 of the last {len(recent)} ticks): no real-time margin for another session")
+    window = 2.0
+    busy_ms = sum(ms for ms, _, end in ticks if end > now - window)
+    if busy_ms > max_load * 1000.0 * window:
+        return (f"the native model stepped {100 * busy_ms / (1000.0 * window):.0f} % of the last "
+                f"{window:.0f} s: no real-time margin for another session")
+    return None
 
 
 @dataclass(eq=False)
@@ -113,14 +139,7 @@ class BatchedDuplex(DuplexModel):
             return "the native model is shutting down"
         if not self._free:
             return f"all {self.slots} native model slots are in use"
-        recent = [ms for ms, _, _ in list(self._ticks)[-20:]]
-        if len(recent) >= 5:
-            p90 = float(np.percentile(recent, 90))
-            budget = self.admit_max_load * 1000.0 * self.frame_s
-            if p90 > budget:
-                return (f"the native model step takes {p90:.0f} ms of its {1000 * self.frame_s:.0f} ms frame "
-                        f"(p90 of the last {len(recent)} ticks): no real-time margin for another session")
-        return None
+        return margin_refusal(list(self._ticks), time.time(), self.frame_s, self.admit_max_load)
 
     def new_state(self) -> Slot:
         with self._cv:
@@ -277,7 +296,8 @@ class BatchedDuplex(DuplexModel):
             ticks = list(self._ticks)
             used = self.slots - len(self._free)
             out: dict[str, Any] = {"model": self.model.name, "slots": self.slots, "slots_used": used,
-                                   "frame_ms": round(1000 * self.frame_s, 1), "ticks": self._n_ticks,
+                                   "frame_ms": round(1000 * self.frame_s, 1),
+                                   "max_wait_ms": round(1000 * self.max_wait_s, 1), "ticks": self._n_ticks,
                                    "refused": self._refused}
         if ticks:
             ms = [t[0] for t in ticks]
