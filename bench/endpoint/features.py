@@ -112,6 +112,8 @@ def extract(audio: np.ndarray, *, name: str, task: str, meta: list | None, vad_s
     segment_start, speech_s = None, 0.0
     analysis_free = 0.0   # the live analysis thread runs one job at a time
     open_pauses: list[Pause] = []   # pauses whose next onset is not known yet
+    chain_onset: float | None = None    # the VAD's candidate onsets since the last start (see voice/asr.py)
+    chain_dropped: float | None = None
 
     for i, pcm in enumerate(frames(audio)):
         now = (i + 1) * FRAME_S
@@ -122,6 +124,12 @@ def extract(audio: np.ndarray, *, name: str, task: str, meta: list | None, vad_s
                     for p in open_pauses:
                         p.resume = value
                     open_pauses.clear()
+                    # The live ASR chains candidates a dropped one precedes by at most BRIDGE_S.
+                    if chain_onset is None or chain_dropped is None or now - chain_dropped > live_asr.BRIDGE_S:
+                        chain_onset = value
+                    chain_dropped = None
+                elif chain_onset is not None:
+                    chain_dropped = now
                 continue
             if kind == "start":
                 events.append({"at": now, "event": "start", "onset": value})
@@ -132,8 +140,11 @@ def extract(audio: np.ndarray, *, name: str, task: str, meta: list | None, vad_s
                         boundaries.pop(0)
                     turn, turn_audio_start, anchor, settled, speech_s = turn + 1, None, None, "", 0.0
                 if turn_audio_start is None:
-                    # The ASR keeps PRE_ROLL_S before the moment the start is reported.
-                    turn_audio_start = max(0.0, now - live_asr.PRE_ROLL_S)
+                    # The ASR keeps PRE_ROLL_S before the moment the start is reported, and reaches
+                    # back to a candidate the VAD dropped just before it (voice/asr.py, BRIDGE_S).
+                    extra = max(0.0, value - chain_onset) if chain_onset is not None else 0.0
+                    turn_audio_start = max(0.0, now - live_asr.PRE_ROLL_S - extra)
+                chain_onset = chain_dropped = None
                 continue
             end = value
             events.append({"at": now, "event": "stop", "end": end})

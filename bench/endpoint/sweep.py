@@ -120,11 +120,12 @@ def text_points(recs: list[Recording]) -> list[Point]:
 
 
 # The controller's waits, scaled together; and its fusion settings.
-WAIT_FIELDS = ("endpoint_silence_s", "statement_wait_s", "mid_wait_s", "max_wait_s", "monologue_max_wait_s")
+WAIT_FIELDS = ("endpoint_silence_s", "statement_wait_s", "mid_wait_s", "max_wait_s", "monologue_max_wait_s",
+               "monologue_wait_per_s")
 CONTROLLER_GRID = {
     "scale": (0.2, 0.3, 0.4, 0.55, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0),
     "smart_turn_veto_p": (0.0, 0.05),
-    "smart_turn_confident_p": (1.01, 0.9, 0.7),
+    "smart_turn_confident_p": (1.01, 0.95, 0.8, 0.6, 0.4),
 }
 
 
