@@ -18,7 +18,7 @@ APT_TEST := $(APT_RUN) libsox-fmt-all chromium chromium-driver sip-tester baresi
 # in without deps; what they really need is in the [native] extra.
 NO_DEPS := moshi==0.2.13 snac==1.2.1 openai-whisper==20250625
 
-.PHONY: run test install system-deps-run system-deps-test sip-front bench bench-latency bench-load bench-soak bench-sip clean
+.PHONY: run test install system-deps-run system-deps-test sip-front bench bench-endpoint bench-latency bench-load bench-soak bench-sip clean
 
 run: system-deps-run $(STAMP)
 	$(VENV)/bin/voice serve
@@ -79,6 +79,12 @@ bench-load: system-deps-run $(STAMP)
 bench: system-deps-run $(STAMP)
 	$(VENV)/bin/voice bench make-data out/fdb-data --n 5 --seed 0
 	$(VENV)/bin/voice bench fdb out/fdb-data --task all --pipeline cascaded --out out/fdb
+
+# Endpointing (eot-bench style): false cut-offs against latency at every pause, four policies. Real human
+# speech from ../shared/speech when it is there, else the two recordings the tests carry.
+HUMAN_SPEECH := $(firstword $(wildcard ../shared/speech/fdb-human-dev) tests/fixtures/human)
+bench-endpoint: system-deps-run $(STAMP)
+	$(VENV)/bin/voice bench endpoint $(HUMAN_SPEECH) --out out/endpoint
 
 # Not in CI: 30 minutes of back-to-back conversations; RSS, fds, tasks, lost turns (out/soak.json).
 bench-soak: system-deps-run $(STAMP)

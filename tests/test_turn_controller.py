@@ -101,7 +101,8 @@ def test_complete_question_short_wait_with_speculation_confirmed():
 def test_smart_turn_sure_of_a_cut_off_vetoes_the_short_wait():
     # The recogniser turned "Is it a good idea to" into a whole question; Smart Turn is
     # sure the turn goes on: the mixed-evidence wait, with the reply still speculated.
-    d = Driver(smart_turn_veto_p=0.05).speak(2.0)
+    # (A 2 s turn: the monologue term, 1.0 + 0.08 s per s of speech, stays under mid_wait_s.)
+    d = Driver(smart_turn_veto_p=0.05, monologue_wait_per_s=0.08).speak(2.0)
     end = d.t
     d.advance(0.2).transcript("Is it a good idea to act?", smart_p=0.02).advance(0.5)
     assert "confirm" not in d.kinds() and "commit" not in d.kinds()
@@ -142,7 +143,7 @@ def test_monologue_gets_backchannel_not_takeover():
     assert "backchannel" in d.kinds()
     assert "commit" not in d.kinds() and "confirm" not in d.kinds()
     bcs = [a.data["t"] for a in d.actions if a.kind == "backchannel"]
-    assert all(b - a >= 5.0 for a, b in zip(bcs, bcs[1:])), "at a natural rate"
+    assert all(b - a >= d.c.config.backchannel_min_interval_s for a, b in zip(bcs, bcs[1:])), "at a natural rate"
 
 
 def test_no_backchannel_early_in_a_turn():
@@ -287,7 +288,8 @@ def test_a_statement_smart_turn_is_sure_of_is_taken_like_a_question():
 
 
 def test_a_sure_statement_waits_longer_deep_in_a_monologue():
-    d = Driver(smart_turn_confident_p=0.9, confident_monologue_after_s=5.0, backchannels=False)
+    d = Driver(smart_turn_confident_p=0.9, confident_monologue_after_s=5.0, monologue_wait_per_s=0.08,
+               backchannels=False)
     for _ in range(4):
         d.speak(3.0).advance(0.2).transcript("And then we drove up to the lake.", smart_p=0.2).advance(0.5)
     # 12 s of speech: 7 s past the threshold, 0.08 s each, on top of the short wait.

@@ -115,12 +115,13 @@ class TurnSettings(BaseModel):
     mid_wait_s: float = Field(1.2, ge=0.1, le=5.0)
     max_wait_s: float = Field(2.5, ge=0.2, le=8.0)
     # Long turns are monologues: the wait at a statement grows with the speech so far.
-    monologue_wait_per_s: float = Field(0.08, ge=0.0, le=1.0)
+    monologue_wait_per_s: float = Field(0.12, ge=0.0, le=1.0)
     monologue_max_wait_s: float = Field(1.8, ge=0.1, le=8.0)
     # Smart Turn this sure (with text that reads complete) takes a statement after
     # endpoint_silence_s, growing past confident_monologue_after_s of speech; > 1 = off.
-    smart_turn_confident_p: float = Field(1.01, ge=0.0, le=1.01)
-    confident_monologue_after_s: float = Field(5.0, ge=0.0, le=60.0)
+    # Chosen leave-one-speaker-out on real speech (python -m bench.endpoint.calibrate).
+    smart_turn_confident_p: float = Field(0.95, ge=0.0, le=1.01)
+    confident_monologue_after_s: float = Field(0.0, ge=0.0, le=60.0)
     # Fused P(turn complete) = w * SmartTurn + (1 - w) * text cues; thresholds for short/long waits.
     smart_turn_weight: float = Field(0.35, ge=0.0, le=1.0)
     # Smart Turn below this vetoes the short wait of a turn that reads complete (0 = off;
@@ -133,7 +134,7 @@ class TurnSettings(BaseModel):
     backchannels: bool = True
     backchannel_min_turn_s: float = Field(3.0, ge=0.0)
     backchannel_after_s: float = Field(0.35, ge=0.05, le=3.0)
-    backchannel_min_interval_s: float = Field(5.0, ge=0.5)
+    backchannel_min_interval_s: float = Field(7.0, ge=0.5)
     # No reply in the same pause within this long of a backchannel's start.
     backchannel_hold_s: float = Field(1.2, ge=0.0, le=5.0)
     # After a cough/noise/"yeah" cut the agent off: silence before it resumes.

@@ -54,7 +54,7 @@ class TurnConfig:
     max_wait_s: float = 2.5            # ... when the turn reads unfinished
     # Statements in a long turn are likely a monologue: the wait grows with the
     # speech so far (s of wait per s of speech), up to monologue_max_wait_s.
-    monologue_wait_per_s: float = 0.08
+    monologue_wait_per_s: float = 0.12
     monologue_max_wait_s: float = 1.8
     # A statement Smart Turn is this sure of (P(complete) at or over it), with text that
     # reads complete, is taken after endpoint_silence_s like a question; in a long turn
@@ -62,8 +62,8 @@ class TurnConfig:
     # confident_monologue_after_s. Real voices: Smart Turn (trained on human speech) tells
     # a finished statement from a held one better than the words (docs/turn-taking.md).
     # Above 1: off.
-    smart_turn_confident_p: float = 1.01
-    confident_monologue_after_s: float = 5.0
+    smart_turn_confident_p: float = 0.95
+    confident_monologue_after_s: float = 0.0
     complete_p: float = 0.6            # fused completion probability for the short wait
     incomplete_p: float = 0.3          # below this, the long wait
     smart_turn_weight: float = 0.35    # Smart Turn vs text cues in the fused probability
@@ -81,7 +81,7 @@ class TurnConfig:
     backchannels: bool = True
     backchannel_min_turn_s: float = 3.0   # the user must have been talking this long
     backchannel_after_s: float = 0.35     # into the pause
-    backchannel_min_interval_s: float = 5.0
+    backchannel_min_interval_s: float = 7.0
     # After a backchannel, no reply in the same pause for this long (from its start).
     backchannel_hold_s: float = 1.2
     resume_after_s: float = 0.3        # silence after a false interruption before resuming
