@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.endpoint.features import Recording
-from bench.endpoint.replay import decisions_by_pause, replay
-from bench.endpoint.sweep import score
+from bench.endpoint.sweep import Table, fire_table, score_table
 
 # statement_wait_s below 1.0 and Smart Turn's veto were in the grid once (stop 18): the
 # first added cut-offs on every synthetic set, the second was never chosen.
@@ -70,25 +69,8 @@ def speakers(data: Path, recs: list[Recording]) -> dict[str, str]:
     return out
 
 
-def fire_table(recs: list[Recording], config) -> dict[tuple[str, int], float]:
-    table = {}
-    for r in recs:
-        for index, t in decisions_by_pause(replay(r.events, r.duration, config), r.pauses).items():
-            table[(r.name, index)] = t
-    return table
-
-
-def evaluate(recs: list[Recording], table: dict[tuple[str, int], float]):
-    pauses, fire = [], {}
-    for r in recs:
-        for p in r.pauses:
-            if p.label is None:
-                continue
-            q = replace(p, index=len(pauses))
-            pauses.append(q)
-            if (r.name, p.index) in table:
-                fire[q.index] = table[(r.name, p.index)]
-    return score("controller", {}, pauses, fire)
+def evaluate(recs: list[Recording], table: Table):
+    return score_table("controller", {}, recs, table)
 
 
 def choose(candidates: list[tuple[dict, Any]], max_cutoff: float, current: dict) -> tuple[dict, Any]:

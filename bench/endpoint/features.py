@@ -50,10 +50,6 @@ class Pause:
     smart_s: float = 0.0    # Smart Turn's run time
     speech_s: float = 0.0   # speech in this turn up to the pause
 
-    @property
-    def silence(self) -> float | None:
-        return None if self.resume is None else self.resume - self.end
-
 
 @dataclass
 class Recording:

@@ -24,10 +24,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from voice.audio import FRAME_MS
+from bench.endpoint.features import FRAME_S
 from voice.turn.controller import State, TurnConfig, TurnController
 
-FRAME_S = FRAME_MS / 1000
 _TAKES = ("commit", "confirm")
 
 

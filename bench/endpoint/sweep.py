@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
@@ -64,48 +65,64 @@ def score(family: str, params: dict[str, Any], pauses: list[Pause], fire: dict[i
         t = fire.get(p.index)
         lat.append(min(limit, t - p.end) if t is not None else limit)
     lat = [x for x in lat if math.isfinite(x)]
-    lat_sorted = sorted(lat)
-    median = lat_sorted[len(lat) // 2] if len(lat) % 2 else (sum(lat_sorted[len(lat) // 2 - 1:len(lat) // 2 + 1]) / 2 if lat else math.nan)
     return Point(family, params, cutoffs / len(holds) if holds else math.nan,
-                 sum(lat) / len(lat) if lat else math.nan, median, len(holds), len(eots), cutoffs)
+                 statistics.fmean(lat) if lat else math.nan, statistics.median(lat) if lat else math.nan,
+                 len(holds), len(eots), cutoffs)
 
 
-def _all_pauses(recs: list[Recording]) -> list[Pause]:
-    """Every labelled pause, re-indexed across recordings."""
-    out = []
+Table = dict[tuple[str, int], float]  # (recording name, pause index) -> decision time
+
+
+def score_table(family: str, params: dict[str, Any], recs: list[Recording], table: Table) -> Point:
+    """``score`` over every labelled pause of ``recs``, the decisions keyed by recording and pause."""
+    pauses, fire = [], {}
     for r in recs:
         for p in r.pauses:
-            if p.label is not None:
-                out.append(replace(p, index=len(out)))
-    return out
+            if p.label is None:
+                continue
+            q = replace(p, index=len(pauses))
+            pauses.append(q)
+            if (r.name, p.index) in table:
+                fire[q.index] = table[(r.name, p.index)]
+    return score(family, params, pauses, fire)
+
+
+def policy_table(recs: list[Recording], fire_at: Callable[[Pause], float]) -> Table:
+    return {(r.name, p.index): fire_at(p) for r in recs for p in r.pauses if p.label is not None}
+
+
+def fire_table(recs: list[Recording], config: TurnConfig) -> Table:
+    """When the replayed controller takes the turn in each pause (absent: it does not)."""
+    table = {}
+    for r in recs:
+        for index, t in decisions_by_pause(replay(r.events, r.duration, config), r.pauses).items():
+            table[(r.name, index)] = t
+    return table
 
 
 def _threshold_policy(recs: list[Recording], family: str, score_of: Callable[[Pause], float | None],
                       ready_at: Callable[[Pause], float]) -> list[Point]:
-    pauses = _all_pauses(recs)
     points = []
     for threshold, delay, timeout in itertools.product(
             [round(0.05 * k, 2) for k in range(1, 20)], (0.0, 0.1, 0.2, 0.3, 0.5, 0.8),
             (1.0, 1.5, 2.0, 2.5, 3.0)):
-        fire = {}
-        for p in pauses:
+        def fire_at(p: Pause) -> float:
             s = score_of(p)
             if s is not None and s >= threshold:
-                fire[p.index] = max(p.end + delay, ready_at(p))
-            else:
-                fire[p.index] = max(p.end + timeout, p.stop_at)
-        points.append(score(family, {"threshold": threshold, "action_delay": delay, "timeout": timeout},
-                            pauses, fire))
+                return max(p.end + delay, ready_at(p))
+            return max(p.end + timeout, p.stop_at)
+
+        points.append(score_table(family, {"threshold": threshold, "action_delay": delay, "timeout": timeout},
+                                  recs, policy_table(recs, fire_at)))
     return points
 
 
 def silence_points(recs: list[Recording]) -> list[Point]:
-    pauses = _all_pauses(recs)
     points = []
     for k in range(0, 60):
         wait = round(0.05 * k, 2)
-        fire = {p.index: max(p.end + wait, p.stop_at) for p in pauses}
-        points.append(score("silence", {"wait": wait}, pauses, fire))
+        table = policy_table(recs, lambda p: max(p.end + wait, p.stop_at))
+        points.append(score_table("silence", {"wait": wait}, recs, table))
     return points
 
 
@@ -134,20 +151,6 @@ def controller_config(base: TurnConfig, scale: float = 1.0, **overrides: Any) ->
     return replace(base, **{**scaled, **overrides})
 
 
-def controller_fire(recs: list[Recording], config: TurnConfig) -> tuple[list[Pause], dict[int, float]]:
-    pauses, fire = [], {}
-    for r in recs:
-        decided = decisions_by_pause(replay(r.events, r.duration, config), r.pauses)
-        for p in r.pauses:
-            if p.label is None:
-                continue
-            q = replace(p, index=len(pauses))
-            pauses.append(q)
-            if p.index in decided:
-                fire[q.index] = decided[p.index]
-    return pauses, fire
-
-
 def controller_points(recs: list[Recording], base: TurnConfig,
                       grid: dict[str, tuple] | None = None) -> list[Point]:
     grid = grid or CONTROLLER_GRID
@@ -157,17 +160,14 @@ def controller_points(recs: list[Recording], base: TurnConfig,
         params = dict(zip(names, values))
         overrides = {k: v for k, v in params.items() if k != "scale"}
         cfg = controller_config(base, params.get("scale", 1.0), **overrides)
-        pauses, fire = controller_fire(recs, cfg)
-        points.append(score("controller", params, pauses, fire))
+        points.append(score_table("controller", params, recs, fire_table(recs, cfg)))
     return points
 
 
 def default_point(recs: list[Recording], base: TurnConfig) -> Point:
-    pauses, fire = controller_fire(recs, base)
-    return score("controller (settings)", {f.name: getattr(base, f.name) for f in fields(base)
-                                          if f.name in WAIT_FIELDS + ("smart_turn_weight", "smart_turn_veto_p",
-                                                                      "smart_turn_confident_p")},
-                 pauses, fire)
+    params = {f.name: getattr(base, f.name) for f in fields(base)
+              if f.name in WAIT_FIELDS + ("smart_turn_weight", "smart_turn_veto_p", "smart_turn_confident_p")}
+    return score_table("controller (settings)", params, recs, fire_table(recs, base))
 
 
 def frontier(points: list[Point]) -> list[Point]:
