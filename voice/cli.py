@@ -80,8 +80,16 @@ def settings_from_args(args: argparse.Namespace):
 
 def cmd_config(args) -> int:
     from voice.settings import redacted
+    from voice.tools.registry import tools_off_reason, unknown_allowed
 
-    print(json.dumps(redacted(settings_from_args(args)), indent=2))
+    settings = settings_from_args(args)
+    print(json.dumps(redacted(settings), indent=2))
+    why = tools_off_reason(settings)  # one line, beside the JSON (stderr), when tools cannot be used
+    if why:
+        print(f"voice: {why}", file=sys.stderr)
+    elif unknown_allowed(settings):
+        print(f"voice: llm.allowed_tools names no such tool: {', '.join(unknown_allowed(settings))}",
+              file=sys.stderr)
     return 0
 
 

@@ -72,13 +72,20 @@ class Conversation:
         self.history.append({"role": "user", "content": text})
         self._trim()
 
+    def add_tool_messages(self, messages: list[dict]) -> None:
+        """An assistant ``tool_calls`` message and its ``tool`` results (voice/tools/calls.py)."""
+        for m in messages:
+            self.history.append({**m, "closed": True})
+        self._trim()
+
     def add_agent_text(self, text: str) -> None:
         """Append text the listener actually heard (called as audio plays, piece by piece)."""
         text = text.strip()
         if not text:
             return
         self.reply_played += " " + text
-        if self.history and self.history[-1]["role"] == "assistant" and not self.history[-1].get("closed"):
+        last = self.history[-1] if self.history else None
+        if last is not None and last["role"] == "assistant" and not last.get("closed") and "tool_calls" not in last:
             self.history[-1]["content"] += " " + text
         else:
             self.history.append({"role": "assistant", "content": text})
@@ -91,10 +98,24 @@ class Conversation:
                 self.history[-1]["interrupted"] = True
 
     def messages(self) -> list[dict]:
-        """Chat messages for the LLM: system prompt first, then the conversation."""
-        return [{"role": "system", "content": self.system_prompt}] + [
-            {"role": m["role"], "content": m["content"]} for m in self.history
-        ]
+        """Chat messages for the LLM: system prompt first, then the conversation.
+
+        Tool messages keep their ``tool_calls`` / ``tool_call_id``; a ``tool`` result whose
+        call was trimmed away is left out (the API refuses one without its call).
+        """
+        out = [{"role": "system", "content": self.system_prompt}]
+        calls: set[str] = set()
+        for m in self.history:
+            msg = {"role": m["role"], "content": m["content"]}
+            if m.get("tool_calls"):
+                msg["tool_calls"] = m["tool_calls"]
+                calls.update(c["id"] for c in m["tool_calls"])
+            if m["role"] == "tool":
+                if m.get("tool_call_id") not in calls:
+                    continue
+                msg["tool_call_id"] = m["tool_call_id"]
+            out.append(msg)
+        return out
 
     def mark(self, turn: int) -> TurnMarks:
         if turn not in self.marks:

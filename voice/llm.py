@@ -13,10 +13,14 @@ import threading
 from loguru import logger
 from openai import AsyncOpenAI
 from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
     Frame,
+    InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
+    StartFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
@@ -24,7 +28,7 @@ from pipecat.services.settings import LLMSettings
 from pipecat.services.openai.llm import OpenAILLMService
 
 from models.llm import LocalLLM, build_prompt
-from voice.frames import is_discarded
+from voice.frames import ReplyHeldFrame, ReplyReleasedFrame, SpeculativeContextFrame, is_discarded
 
 _DONE = object()
 
@@ -115,25 +119,71 @@ class LocalLLMService(LLMService):
 class EndpointLLMService(OpenAILLMService):
     """pipecat's OpenAI service with our timeout and no silent retries (a slow endpoint is a failed turn).
 
-    Tools: the agent advertises none (its contexts carry no ``tools``) and
-    registers no function. ``allowed_tools`` (``llm.allowed_tools``, empty by
-    default) is the allowlist: registering a function outside it raises, and a
-    tool call the endpoint returns for a name outside it is refused here and
-    logged, before pipecat's registry is consulted (which would refuse an
-    unregistered one too). A refused call runs nothing; the turn then has no
-    spoken reply and the agent apologises as for any failed turn.
+    Tools (voice/tools): ``tools`` is the session's :class:`~voice.tools.calls.ToolCalling`,
+    whose tool set holds only what ``llm.allowed_tools`` names. With tools, every
+    context advertises their schemas and the calls the model makes run in-line
+    within the reply (voice/tools/calls.py). Without (the default), contexts
+    carry no ``tools``; ``allowed_tools`` is the allowlist either way:
+    registering a function outside it raises, and with no tools offered a tool
+    call the endpoint returns anyway is refused and logged, and runs nothing;
+    the turn then has no spoken reply and the agent apologises as for any
+    failed turn.
     """
 
-    def __init__(self, *, timeout_s: float, allowed_tools: list[str] | tuple[str, ...] = (), **kwargs):
+    def __init__(self, *, timeout_s: float, allowed_tools: list[str] | tuple[str, ...] = (),
+                 tools=None, **kwargs):
         self._timeout_s = timeout_s
         self.allowed_tools = frozenset(allowed_tools)
         self.refused_tool_calls: list[str] = []
+        self._tools = tools  # voice.tools.calls.ToolCalling, or None
+        self._tools_ready: asyncio.Task | None = None
+        self._release: asyncio.Event | None = None  # set when the held (speculative) reply is confirmed
+        self._depth = 0
         super().__init__(**kwargs)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if is_discarded(frame):
             return  # a speculation the user talked over before it started (voice/frames.py)
+        if self._tools is None:
+            await super().process_frame(frame, direction)
+            return
+        if isinstance(frame, StartFrame) and self._tools.connect is not None:
+            self._tools_ready = asyncio.ensure_future(self._tools.connect())  # MCP servers, in the background
+        elif isinstance(frame, ReplyHeldFrame):
+            self._release = asyncio.Event()
+        elif isinstance(frame, ReplyReleasedFrame):
+            if self._release is not None:
+                self._release.set()
+            self._tools.released()
+        elif isinstance(frame, InterruptionFrame):
+            self._tools.interrupted()
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            await self._tools.aclose()
+        if isinstance(frame, LLMContextFrame):
+            if self._tools_ready is not None:
+                await asyncio.shield(self._tools_ready)  # the first turn waits for the MCP servers
+            if self._tools.toolset:
+                frame.context.set_tools(self._tools.toolset.schemas())
+            self._tools.begin(speculative=isinstance(frame, SpeculativeContextFrame), release=self._release)
+            await super().process_frame(frame, direction)
+            for action in self._tools.after_reply_frames():  # end_call, transfer_call: after the goodbye
+                await self.push_frame(action)
+            return
         await super().process_frame(frame, direction)
+
+    async def _push_llm_text(self, text: str):
+        if self._tools is not None and text.strip():
+            self._tools.text_pushed()
+        await super()._push_llm_text(text)
+
+    async def _process_context(self, context):
+        self._depth += 1
+        try:
+            await super()._process_context(context)
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and self._tools is not None:
+            await self._tools.finish(self)
 
     def register_function(self, function_name, *args, **kwargs):
         if function_name not in self.allowed_tools:
@@ -141,6 +191,14 @@ class EndpointLLMService(OpenAILLMService):
         return super().register_function(function_name, *args, **kwargs)
 
     async def run_function_calls(self, function_calls):
+        if self._tools is not None and self._tools.toolset:
+            # Offered tools: unknown names and bad arguments go back to the model as tool errors.
+            for call in function_calls:
+                if call.function_name not in self.allowed_tools:
+                    logger.warning(f"refused a tool call the LLM returned: {call.function_name!r} "
+                                   f"is not in llm.allowed_tools")
+            await self._tools.run(self, function_calls)
+            return
         allowed = []
         for call in function_calls:
             if call.function_name in self.allowed_tools:
@@ -159,12 +217,13 @@ class EndpointLLMService(OpenAILLMService):
                            timeout=self._timeout_s, max_retries=0)
 
 
-def make_llm_service(settings, local_llm: LocalLLM | None, executor=None) -> LLMService:
+def make_llm_service(settings, local_llm: LocalLLM | None, executor=None, tools=None) -> LLMService:
+    """``tools``: the session's voice.tools.calls.ToolCalling (OpenAI-compatible backend only)."""
     s = settings.llm
     if s.backend == "openai":
         return EndpointLLMService(
             api_key=s.api_key.get_secret_value() or "not-needed", base_url=s.base_url,
-            timeout_s=s.timeout_s, allowed_tools=s.allowed_tools,
+            timeout_s=s.timeout_s, allowed_tools=s.allowed_tools, tools=tools,
             settings=OpenAILLMService.Settings(model=s.model, temperature=s.temperature,
                                                max_completion_tokens=s.max_tokens),
         )

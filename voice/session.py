@@ -19,6 +19,7 @@ from voice.events import EventLog, new_session_id
 from voice.llm import make_llm_service
 from voice.native import NativeDuplexProcessor
 from voice.taps import LLMTap, PlayedTextRecorder, TTSTap
+from voice.tools import CallActionRunner, session_tools
 from voice.tts import ClauseChunker, PiperTTSService
 from voice.smart_turn import SmartTurnProcessor
 from voice.turn.controller import TurnController
@@ -50,11 +51,12 @@ class Session:
 
 def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
                   pipeline_kind: str = "cascaded", echo_guard: bool = False, audio_recorder=None,
-                  probe=None) -> Session:
+                  probe=None, call_control=None) -> Session:
     """The same front (VAD, ASR, turn controller) and back (gate, output) around either engine.
 
     ``probe`` (a FrameProcessor, e.g. the load benchmark's input-lag meter) goes
-    in just before the turn controller.
+    in just before the turn controller. ``call_control`` (voice.tools.CallControl,
+    from the transport) is what the call-control tools act on: hang up, transfer, DTMF.
     """
     conversation = Conversation(system_prompt=settings.llm.system_prompt)
     native = pipeline_kind == "native"
@@ -64,8 +66,9 @@ def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
     if native:
         engine = [NativeDuplexProcessor(runtime.native_model(), events)]
     else:
+        tools = session_tools(settings, events, conversation, call_control)  # voice/tools; None: no tools
         engine = [
-            make_llm_service(settings, runtime.local_llm, executor=runtime.reply_threads),
+            make_llm_service(settings, runtime.local_llm, executor=runtime.reply_threads, tools=tools),
             LLMTap(conversation, events),
             ClauseChunker(),
             PiperTTSService(runtime.synth, executor=runtime.reply_threads),
@@ -86,6 +89,8 @@ def build_session(transport: BaseTransport, runtime, settings, events: EventLog,
         TTSTap(conversation, events),
         ReplyGate(),
         transport.output(),
+        # Hang up / transfer / DTMF once the speech before them has played (voice/tools/actions.py).
+        *([CallActionRunner(call_control, events, conversation)] if call_control is not None else []),
         *([audio_recorder.agent_tap()] if audio_recorder else []),
         *([PlaybackTap(guard)] if guard else []),
         PlayedTextRecorder(conversation, events),
@@ -104,14 +109,14 @@ async def run_session(transport: BaseTransport, runtime, settings, *, transport_
                       session_id: str | None = None, echo_guard: bool = False,
                       events: EventLog | None = None, caller: str | None = None,
                       callee: str | None = None, on_start=None, pipeline: str | None = None,
-                      probe=None) -> EventLog:
+                      probe=None, call_control=None) -> EventLog:
     """Run one conversation until the transport ends it; returns its event log."""
     events = events or EventLog(session_id or new_session_id())
     pipeline_kind = pipeline or settings.pipeline
     # --- session record (voice/store): every transport gets one, written turn by turn ---
     recorder, audio = _attach_records(settings, events)
     session = build_session(transport, runtime, settings, events, pipeline_kind, echo_guard, audio_recorder=audio,
-                            probe=probe)
+                            probe=probe, call_control=call_control)
     if on_start is not None:
         on_start(session)
     events.emit("session_start", transport=transport_name, pipeline=pipeline_kind,

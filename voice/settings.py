@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from voice.tools.config import ToolsSettings
 from voice.transports.sip.config import SIPSettings
 
 EMBEDDED = "embedded"
@@ -67,8 +68,9 @@ class LLMSettings(BaseModel):
     max_tokens: int = Field(60, ge=1, le=2048)
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     timeout_s: float = Field(8.0, gt=0)
-    # Tools the model may call. None exist yet and none are registered with the
-    # LLM service, so any tool call an endpoint returns is refused (see voice/llm.py).
+    # Tools the model may call: a tool ([tools], voice/tools) is offered to the LLM only if
+    # named here, and only with backend = "openai". Empty: none, and any tool call an
+    # endpoint returns is refused (see voice/llm.py).
     allowed_tools: list[str] = []
     # Threads of a reply that generates alone, in the only live conversation (the first
     # clause is what the caller waits for); otherwise one thread per reply (models/llm.py).
@@ -238,6 +240,8 @@ class Settings(BaseSettings):
     livekit: LiveKitSettings = LiveKitSettings()
     store: StoreSettings = StoreSettings()
     security: SecuritySettings = SecuritySettings()
+    # [[tools.http]], [[tools.mcp]], transfer targets, filler (voice/tools/config.py).
+    tools: ToolsSettings = ToolsSettings()
     # Live sessions per process (browser + phone); beyond it new ones get "busy".
     max_sessions: int = Field(8, ge=1)
     # Model inference threads (ASR, Smart Turn, LLM, TTS) run this many nice steps below

@@ -194,6 +194,7 @@ async def talk_file(input_wav, output_wav, events_path, settings, *, runtime=Non
     controller's guard against it on.
     """
     from voice.session import run_session
+    from voice.tools import CallControl
 
     audio = read_wav(input_wav, PIPELINE_RATE)
     runtime = runtime or shared_runtime(settings)
@@ -218,7 +219,7 @@ async def talk_file(input_wav, output_wav, events_path, settings, *, runtime=Non
     try:
         await run_session(transport, runtime, settings, transport_name="file", events=events,
                           echo_guard=echo_guard, on_start=lambda session: state.update(session=session),
-                          probe=probe)
+                          probe=probe, call_control=CallControl(hangup=done))  # end_call ends the file's session
     finally:
         events.close()
     out = transport.output().render(len(audio) / PIPELINE_RATE)

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from voice.store import schema
-from voice.store.schema import errors, sessions, turns
+from voice.store.schema import errors, sessions, tool_calls, turns
 
 DB_FILENAME = "voice.db"
 TURN_FIELDS = ("user_text", "agent_text", "interrupted", "false_interruptions", "speech_end", "endpoint_t",
@@ -157,6 +157,16 @@ class Store:
             conn.execute(sessions.update().where(sessions.c.id == session_id)
                          .values(errors=sessions.c.errors + 1))
 
+    def add_tool_call(self, session_id: str, name: str, *, turn: int | None = None, t: float | None = None,
+                      arguments: str = "{}", ok: bool = True, result: str | None = None,
+                      seconds: float | None = None) -> None:
+        with self.engine.begin() as conn:
+            self._ensure_session(conn, session_id)
+            conn.execute(tool_calls.insert().values(session_id=session_id, turn=turn, t=t, name=name[:128],
+                                                    arguments=arguments[:4000], ok=ok,
+                                                    result=None if result is None else result[:2000],
+                                                    seconds=seconds, at=time.time()))
+
     def end_session(self, session_id: str, *, ended_at: float | None = None) -> None:
         with self.engine.begin() as conn:
             self._ensure_session(conn, session_id)
@@ -199,4 +209,10 @@ class Store:
             out["errors"] = [dict(r) for r in conn.execute(
                 select(errors.c.turn, errors.c.t, errors.c.message, errors.c.at)
                 .where(errors.c.session_id == session_id).order_by(errors.c.id)).mappings()]
+            out["tool_calls"] = [dict(r) for r in conn.execute(
+                select(tool_calls.c.turn, tool_calls.c.t, tool_calls.c.name, tool_calls.c.arguments,
+                       tool_calls.c.ok, tool_calls.c.result, tool_calls.c.seconds)
+                .where(tool_calls.c.session_id == session_id).order_by(tool_calls.c.id)).mappings()]
+            for c in out["tool_calls"]:
+                c["ok"] = bool(c["ok"])
             return out

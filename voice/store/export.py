@@ -35,6 +35,12 @@ def to_text(record: dict[str, Any]) -> str:
     if r.get("audio_dir"):
         lines.append(f"audio {r['audio_dir']}")
     lines.append(f"{r['turn_count']} turns, {r['error_count']} errors")
+    tools_by_turn: dict[Any, list[str]] = {}
+    for c in r.get("tool_calls", []):
+        outcome = "ok" if c["ok"] else "error"
+        took = "" if c.get("seconds") is None else f" ({_ms(c['seconds'])})"
+        tools_by_turn.setdefault(c["turn"], []).append(
+            f"{c['name']} {c['arguments']} -> {outcome}{took}: {(c.get('result') or '')[:120]}")
     errors_by_turn: dict[Any, list[str]] = {}
     for e in r.get("errors", []):
         errors_by_turn.setdefault(e["turn"], []).append(e["message"])
@@ -43,6 +49,8 @@ def to_text(record: dict[str, Any]) -> str:
         lines.append(f"[turn {t['turn']}]")
         if t["user_text"]:
             lines.append(f"  user:  {t['user_text']}")
+        for call in tools_by_turn.pop(t["turn"], []):
+            lines.append(f"  tool: {call}")
         if t["agent_text"]:
             flag = "  (interrupted)" if t["interrupted"] else ""
             lines.append(f"  agent: {t['agent_text']}{flag}")
@@ -51,6 +59,9 @@ def to_text(record: dict[str, Any]) -> str:
             lines.append(f"  latency: {latencies}")
         for msg in errors_by_turn.pop(t["turn"], []):
             lines.append(f"  error: {msg}")
+    for turn, calls in tools_by_turn.items():
+        for call in calls:
+            lines.append(f"tool (turn {turn if turn is not None else '-'}): {call}")
     for turn, msgs in errors_by_turn.items():
         for msg in msgs:
             lines.append(f"error (turn {turn if turn is not None else '-'}): {msg}")

@@ -60,6 +60,7 @@ class SessionRecorder:
         self._interrupted_turn: int | None = None
         self._started = False
         self._ended = False
+        self._tool_args: dict[str, object] = {}  # tool call id -> its arguments, until the result
 
     # ------------------------------------------------------------------ helpers
     def _turn(self, n: int | None) -> _Turn | None:
@@ -180,6 +181,18 @@ class SessionRecorder:
             t.errors += 1
             t.dirty = True
         self.writer.submit("add_error", self.session_id, str(e.get("error", "")), turn=n, t=e.get("t"))
+
+    def _on_tool_call(self, e) -> None:
+        self._tool_args[str(e.get("id"))] = e.get("arguments")
+
+    def _on_tool_result(self, e) -> None:
+        import json
+
+        arguments = self._tool_args.pop(str(e.get("id")), {})
+        self.writer.submit("add_tool_call", self.session_id, str(e.get("name", "")), turn=e.get("turn"),
+                           t=e.get("t"), arguments=json.dumps(arguments, ensure_ascii=False, default=str),
+                           ok=bool(e.get("ok")), result=e.get("result") if e.get("ok") else e.get("error"),
+                           seconds=e.get("seconds"))
 
     def _on_session_end(self, e) -> None:
         self.close()

@@ -90,8 +90,24 @@ errors = Table(
     Column("at", Float, nullable=False),
 )
 
+# v2: the tools the agent called (voice/tools), one row per call.
+tool_calls = Table(
+    "tool_calls", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("turn", Integer),
+    Column("t", Float),  # input clock: when the result came back
+    Column("name", String(128), nullable=False),
+    Column("arguments", Text, nullable=False, default="{}"),  # JSON
+    Column("ok", Boolean, nullable=False),
+    Column("result", Text),  # the start of what went back to the LLM (or the error)
+    Column("seconds", Float),
+    Column("at", Float, nullable=False),
+)
+
 Index("ix_sessions_started_at", sessions.c.started_at)
 Index("ix_errors_session", errors.c.session_id)
+Index("ix_tool_calls_session", tool_calls.c.session_id)
 
 
 class SchemaError(RuntimeError):
@@ -102,7 +118,11 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[sessions, turns, errors], checkfirst=True)
 
 
-MIGRATIONS = {1: _v1}
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[tool_calls], checkfirst=True)
+
+
+MIGRATIONS = {1: _v1, 2: _v2}
 LATEST = max(MIGRATIONS)
 
 
