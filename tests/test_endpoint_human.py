@@ -59,7 +59,7 @@ def test_endpoint_command_on_human_recordings(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     data = summary["data"]
     assert data["recordings"] == 2 and data["hold_pauses"] >= 2 and data["eot_pauses"] == 1
-    assert set(summary["families"]) == {"silence", "smart_turn", "text", "controller"}
+    assert set(summary["families"]) == {"silence", "smart_turn", "text", "lm", "controller"}
     for family in summary["families"].values():
         assert family["frontier"], "every policy has operating points"
         for p in family["points"]:

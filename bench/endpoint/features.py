@@ -49,6 +49,8 @@ class Pause:
     smart_p: float | None = None
     smart_s: float = 0.0    # Smart Turn's run time
     speech_s: float = 0.0   # speech in this turn up to the pause
+    lm_p: float | None = None   # a language model's P(the utterance ends here) (bench/endpoint/lm.py)
+    lm_s: float = 0.0           # its run time
 
 
 @dataclass

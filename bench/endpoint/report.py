@@ -18,21 +18,27 @@ from bench.endpoint import sweep
 from bench.endpoint.features import Recording, extract
 from bench.fdb.layout import BenchError, find_task_sets, read_samples
 
-FAMILIES = ("silence", "smart_turn", "text", "controller")
+FAMILIES = ("silence", "smart_turn", "text", "lm", "controller")
 TITLES = {"silence": "silence only (VAD)", "smart_turn": "Smart Turn v3.2 alone", "text": "text cues alone",
-          "controller": "our controller (fused)"}
+          "lm": "LM end-of-utterance alone", "controller": "our controller (fused)"}
 
 
 def load_recordings(data_dirs: list[Path], out: Path, settings, *, refresh: bool = False,
                     log=print) -> list[Recording]:
     models = None
+    scorer = None
     recs = []
     for data in data_dirs:
         for task_set in find_task_sets(data):
             for sample in read_samples(task_set):
                 cache = out / "features" / data.name / task_set.name / f"{sample.name}.json"
                 if cache.is_file() and not refresh:
-                    recs.append(Recording.from_json(json.loads(cache.read_text())))
+                    rec = Recording.from_json(json.loads(cache.read_text()))
+                    if any(p.lm_p is None and p.text.strip() for p in rec.pauses):  # cached before the LM policy
+                        scorer = scorer or _lm_scorer(settings)
+                        _score_lm(rec, scorer)
+                        cache.write_text(json.dumps(rec.to_json()))
+                    recs.append(rec)
                     continue
                 if models is None:
                     models = _models(settings)
@@ -40,11 +46,28 @@ def load_recordings(data_dirs: list[Path], out: Path, settings, *, refresh: bool
 
                 rec = extract(read_wav(sample.input_wav), name=f"{data.name}/{task_set.name}/{sample.name}",
                               task=task_set.task, meta=sample.meta, vad_settings=settings.vad, **models)
+                scorer = scorer or _lm_scorer(settings)
+                _score_lm(rec, scorer)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(rec.to_json()))
                 log(f"features {rec.name}: {len(rec.pauses)} pauses")
                 recs.append(rec)
     return recs
+
+
+def _lm_scorer(settings):
+    from bench.endpoint.lm import EndOfUtterance
+    from models.weights import EMBEDDED
+
+    # The agent's own GGUF model when it runs one, else the embedded one.
+    path = settings.llm.model_path if settings.llm.backend == "llama-cpp" else EMBEDDED
+    return EndOfUtterance(path, settings.llm.system_prompt)
+
+
+def _score_lm(rec: Recording, scorer) -> None:
+    for p in rec.pauses:
+        if p.text.strip():
+            p.lm_p, p.lm_s = scorer.probability(p.text)
 
 
 def _models(settings) -> dict[str, Any]:
@@ -59,6 +82,7 @@ def evaluate(recs: list[Recording], base_config) -> dict[str, Any]:
         "silence": sweep.silence_points(recs),
         "smart_turn": sweep.smart_turn_points(recs),
         "text": sweep.text_points(recs),
+        "lm": sweep.lm_points(recs),
         "controller": sweep.controller_points(recs, base_config),
     }
     summary: dict[str, Any] = {"families": {}, "settings": asdict(sweep.default_point(recs, base_config))}

@@ -21,6 +21,8 @@ Families:
   silence has passed and the model has answered, else ``timeout``;
 - ``text``: the transcript's completeness cues alone (``voice.turn.completeness``),
   same three knobs;
+- ``lm``: a language model's end-of-utterance probability alone
+  (``bench.endpoint.lm``), same three knobs;
 - ``controller``: our ``TurnController``, replayed tick by tick
   (``replay.replay``) over a grid of its own settings.
 """
@@ -134,6 +136,11 @@ def smart_turn_points(recs: list[Recording]) -> list[Point]:
 def text_points(recs: list[Recording]) -> list[Point]:
     return _threshold_policy(recs, "text", lambda p: completeness(p.text) if p.text.strip() else None,
                              lambda p: p.stop_at + p.asr_s)
+
+
+def lm_points(recs: list[Recording]) -> list[Point]:
+    # Scored after the transcript, on the analysis thread's queue like Smart Turn.
+    return _threshold_policy(recs, "lm", lambda p: p.lm_p, lambda p: p.stop_at + p.asr_s + p.lm_s)
 
 
 # The controller's waits, scaled together; and its fusion settings.
