@@ -69,6 +69,50 @@ def margin_refusal(ticks: list[tuple[float, int, float]], now: float, frame_s: f
     return None
 
 
+class _TickThread:
+    """The tick thread's life, shared by both pools: ``_loop`` runs on a daemon thread
+    under ``_cv`` until :meth:`stop`. Subclasses set ``_thread_name`` and ``_join_s``, and
+    may fail waiting work in ``_on_stop`` (called under the lock) or ``_after_stop``."""
+
+    _thread_name = "native"
+    _join_s = 5.0
+    _cv: threading.Condition
+    _thread: threading.Thread | None
+    _stopped: bool
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        with self._cv:
+            if self._thread is not None or self._stopped:
+                return
+            self._thread = threading.Thread(target=self._loop, name=self._thread_name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """End the tick loop; waiting work gets an error, new sessions are refused."""
+        with self._cv:
+            self._stopped = True
+            thread, self._thread = self._thread, None
+            self._on_stop()
+            self._cv.notify_all()
+        if thread is not None:
+            thread.join(timeout=self._join_s)
+        self._after_stop()
+
+    def _on_stop(self) -> None:
+        pass
+
+    def _after_stop(self) -> None:
+        pass
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 @dataclass(eq=False)
 class Slot:
     """One session's place in the pool (its streaming state lives in the batch engine)."""
@@ -83,8 +127,9 @@ class Slot:
     text_pieces: list[str] = field(default_factory=list)
 
 
-class BatchedDuplex(DuplexModel):
+class BatchedDuplex(_TickThread, DuplexModel):
     full_duplex = True
+    _thread_name = "native-ticks"
 
     def __init__(self, model: DuplexModel, slots: int = 8, *, max_wait_s: float | None = None,
                  admit_max_load: float = 0.9, history: int = 50, autostart: bool = True,
@@ -265,29 +310,15 @@ class BatchedDuplex(DuplexModel):
             except Exception as e:  # the futures carry the error to the sessions; keep serving
                 from loguru import logger
 
-                logger.error(f"native batch tick failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                logger.error(f"native batch tick failed: {_one_line(e)}")
 
-    def start(self) -> None:
-        with self._cv:
-            if self._thread is not None or self._stopped:
-                return
-            self._thread = threading.Thread(target=self._loop, name="native-ticks", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """End the tick loop; waiting frames get an error, new sessions are refused."""
-        with self._cv:
-            self._stopped = True
-            thread, self._thread = self._thread, None
-            for s in self._slots.values():
-                if s.pending is not None:
-                    _, fut, _ = s.pending
-                    s.pending = None
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("the native model is shutting down"))
-            self._cv.notify_all()
-        if thread is not None:
-            thread.join(timeout=5)
+    def _on_stop(self) -> None:
+        for s in self._slots.values():
+            if s.pending is not None:
+                _, fut, _ = s.pending
+                s.pending = None
+                if not fut.done():
+                    fut.set_exception(RuntimeError("the native model is shutting down"))
 
     # -- status ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -317,7 +348,7 @@ class BatchedDuplex(DuplexModel):
         return self.model.text_of(token)  # type: ignore[attr-defined]
 
 
-class BatchedReplies(DuplexModel):
+class BatchedReplies(_TickThread, DuplexModel):
     """Half-duplex replies (Mini-Omni) of every session decoded together, one LM step per tick.
 
     Wraps a half-duplex model whose ``batch_engine(slots)`` decodes up to ``slots``
@@ -329,6 +360,8 @@ class BatchedReplies(DuplexModel):
     """
 
     full_duplex = False
+    _thread_name = "native-replies"
+    _join_s = 10.0
 
     def __init__(self, model: DuplexModel, slots: int = 8, *, history: int = 50) -> None:
         if model.full_duplex:
@@ -406,7 +439,7 @@ class BatchedReplies(DuplexModel):
             except Exception as e:
                 from loguru import logger
 
-                logger.error(f"native reply batch failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                logger.error(f"native reply batch failed: {_one_line(e)}")
                 self.engine.fail(e)
                 continue
             if n:
@@ -415,20 +448,7 @@ class BatchedReplies(DuplexModel):
                                         getattr(self.engine, "last_joined", 0)))
                     self._n_ticks += 1
 
-    def start(self) -> None:
-        with self._cv:
-            if self._thread is not None or self._stopped:
-                return
-            self._thread = threading.Thread(target=self._loop, name="native-replies", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            thread, self._thread = self._thread, None
-            self._cv.notify_all()
-        if thread is not None:
-            thread.join(timeout=10)
+    def _after_stop(self) -> None:
         self.engine.fail(RuntimeError("the native model is shutting down"))
 
     def admits(self, record: bool = False) -> str | None:
