@@ -89,6 +89,22 @@ def test_moshi_missing_weights_is_one_line(tmp_path, monkeypatch):
         load_native(f"moshi:{tmp_path / 'partial'}")
 
 
+def test_native_device_is_honoured_and_checked():
+    import torch
+
+    from voice.settings import load_settings
+
+    m = load_native("moshi:tiny", device="cpu", use_sampling=False)
+    assert m.device == torch.device("cpu")
+    if not torch.cuda.is_available():  # the CPU build on this machine and in CI
+        with pytest.raises(ValueError) as e:
+            load_native("moshi:tiny", device="cuda")
+        assert "sees no CUDA GPU" in str(e.value) and "\n" not in str(e.value)
+    assert load_settings(native={"device": "cuda:1"}).native.device == "cuda:1"
+    with pytest.raises(ValueError):
+        load_settings(native={"device": "gpu"})
+
+
 # -- Mini-Omni: pieces ----------------------------------------------------------------
 
 def test_layout_formula():

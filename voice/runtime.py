@@ -60,6 +60,7 @@ class Runtime:
     reply_threads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="reply"))
     native_spec: str = "moshi"
+    native_device: str = "auto"  # settings.native.device
     native_slots: int = 8  # settings.native.slots: sessions (Moshi) / replies (Mini-Omni) per batch; 0: unbatched
     native_max_wait_ms: float | None = None  # settings.native.max_wait_ms (Moshi's tick policy)
     sessions: LiveSessions = field(default_factory=LiveSessions)
@@ -73,7 +74,7 @@ class Runtime:
                 from models.native.loader import load_native
 
                 started = time.perf_counter()
-                model = load_native(self.native_spec)
+                model = load_native(self.native_spec, device=self.native_device)
                 if self.native_slots > 0 and hasattr(model, "batch_engine"):
                     from models.native.batching import BatchedDuplex, BatchedReplies
 
@@ -127,7 +128,8 @@ class Runtime:
         backchannels = synthesize_backchannels(synth)
         runtime = cls(transcriber, synth, local_llm, smart_turn, backchannels, time.perf_counter() - started,
                       analysis=analysis, reply_threads=model_executor(64, "reply", settings.model_nice),
-                      native_spec=settings.native.model, native_slots=settings.native.slots,
+                      native_spec=settings.native.model, native_device=settings.native.device,
+                      native_slots=settings.native.slots,
                       native_max_wait_ms=settings.native.max_wait_ms, sessions=sessions)
         if settings.asr.batch_max > 1 and hasattr(transcriber, "transcribe_batch"):
             runtime.transcriber = BatchingTranscriber(transcriber, runtime.analysis, settings.asr.batch_max)

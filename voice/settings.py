@@ -153,7 +153,9 @@ class TurnSettings(BaseModel):
 class NativeSettings(BaseModel):
     # moshi | mini-omni, optionally ":tiny" (random tiny weights, for tests) or ":PATH_OR_HUB_ID".
     model: str = "moshi"
-    device: str = "cpu"
+    # Where the model runs: "auto" (the first CUDA GPU when torch sees one, else the CPU),
+    # "cpu", "cuda" or "cuda:N". Random tiny weights (":tiny") stay on the CPU under "auto".
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # Full-duplex models (Moshi): sessions share one batched step per 80 ms tick over this
     # many slots (models/native/batching.py); a session beyond them is refused (503 busy).
     # Half-duplex (Mini-Omni): up to this many replies decode in one batch; more wait.

@@ -29,8 +29,12 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return engine, (source.strip() or None) if sep else None
 
 
-def load_native(spec: str, **kwargs: Any) -> DuplexModel:
+def load_native(spec: str, *, device: str = "auto", **kwargs: Any) -> DuplexModel:
+    """``device``: "auto" (CUDA when torch sees a GPU; tiny random weights stay on the CPU), "cpu", "cuda[:N]"."""
     engine, source = parse_spec(spec)
+    if device != "auto":
+        _check_device(device)
+        kwargs["device"] = device
     if engine == "moshi":
         from models.native import moshi
         if source == "tiny":
@@ -40,6 +44,18 @@ def load_native(spec: str, **kwargs: Any) -> DuplexModel:
     if source == "tiny":
         return mini_omni.build_tiny(**kwargs)
     return mini_omni.load_mini_omni(source or mini_omni.DEFAULT_REPO, **kwargs)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"native.device is {device!r} but this torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}); use \"cpu\" or \"auto\"")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"native.device is {device!r} but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
 
 
 __all__ = ["load_native", "parse_spec", "WeightsNotFound"]
