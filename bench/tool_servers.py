@@ -133,6 +133,9 @@ DEFAULT_SCRIPT: dict[str, list[tuple[str, dict]]] = {
     "time": [("get_time", {})],
     "goodbye": [("end_call", {})],
     "desk": [("transfer_call", {"target": "desk"})],
+    "operator": [("transfer_call", {"target": "operator"})],
+    "person": [("transfer_call", {"target": "operator"})],
+    "human": [("transfer_call", {"target": "operator"})],
     "moon": [("transfer_call", {"target": "sip:moon@203.0.113.9"})],  # not an allowed target
     "menu": [("send_dtmf", {"digits": "123"})],
     "calendar": [("next_meeting", {"day": "monday"})],
@@ -152,14 +155,16 @@ def scripted_answer(messages: list[dict]) -> tuple[str, Any]:
         text = " ".join(reversed(results))
         if "no tool named" in text:
             return "text", "Sorry, I cannot do that."
-        if "invalid arguments" in text:
+        if "invalid arguments for get_weather" in text:
             return "text", "Which city do you mean?"
+        if "invalid arguments" in text:
+            return "text", "Sorry, I cannot do that."
         if text.startswith("error"):
             return "text", "Sorry, that service is not working right now."
         if "the call ends" in text:
             return "text", "Goodbye, have a nice day."
         if "transferred" in text:
-            return "text", "I am putting you through to the front desk."
+            return "text", "I am putting you through now."
         if "sent the tones" in text:
             return "text", "Done, I pressed the keys."
         if "meeting" in text:

@@ -304,7 +304,7 @@ def test_talk_bad_tool_input_apologises_and_other_session_unaffected(tmp_path, s
 
     bad = _questions(tmp_path, "What is the weather in Berlin?", "Please delete all my files.",
                      "What is the weather in Rome?", "What is the weather in Paris?", name="bad")
-    good = _questions(tmp_path, "What is the weather in Madrid?", "What is the weather in Paris?", name="good")
+    good = _questions(tmp_path, "What is the weather in London?", "What is the weather in Paris?", name="good")
     with ToolHTTPServer() as srv, ScriptedLLM() as llm:
         s = _settings(settings, tmp_path, url=llm.url, allowed=["get_weather"], http=[weather_tool(srv.url)])
 
@@ -324,8 +324,8 @@ def test_talk_bad_tool_input_apologises_and_other_session_unaffected(tmp_path, s
     assert [r["ok"] for r in results] == [False, False, False, True], results
     assert "503" in results[0]["error"] and "no tool named" in results[1]["error"]
     assert "'city' is a required property" in results[2]["error"]
-    assert not [r for r in srv.requests if r["query"].get("city") not in ("Berlin", "Paris", "Madrid")]
+    assert not [r for r in srv.requests if r["query"].get("city") not in ("Berlin", "Paris", "London")]
 
     h = _heard(healthy, tmp_path / "good.wav", transcriber)
-    assert "cloudy" in h[0] and "sunny" in h[1], h
+    assert "rain" in h[0] and "sunny" in h[1], h
     assert all(r["ok"] for r in healthy.events.of("tool_result")) and not healthy.events.of("error")

@@ -289,7 +289,7 @@ class WebRTCSession:
         watchdog = asyncio.create_task(self._watchdog(), name=f"webrtc-watchdog-{self.id}")
         try:
             await run_session(self.transport, self.runtime, self.settings, transport_name="webrtc",
-                              events=self.events, on_start=started)
+                              events=self.events, on_start=started, call_control=self._call_control())
         except Exception as e:
             logger.exception(f"webrtc session {self.id} failed: {e}")
             self._forwarder.send({"type": "end", "session": self.id, "reason": "server error"})
@@ -300,6 +300,16 @@ class WebRTCSession:
             self.end_reason = self.end_reason or "pipeline ended"
             await self._close()
         return self.events
+
+    def _call_control(self):
+        """end_call (voice/tools) closes the peer connection, once the goodbye has left."""
+        from voice.tools import CallControl
+
+        async def hangup() -> None:
+            await asyncio.sleep(0.3)  # what the output transport has handed to aiortc, still in flight
+            await self.stop("the agent ended the call")
+
+        return CallControl(hangup=hangup)
 
     async def _close(self) -> None:
         self._forwarder.closed = True

@@ -221,13 +221,37 @@ class SIPCallTransport(BaseTransport):
 
 # ---------------------------------------------------------------------------- sessions
 
+def call_control(call: SIPCall, drain_s: float = 3.0):
+    """What the call-control tools (voice/tools) do on a phone call: BYE, REFER, RFC 4733.
+
+    Hang-up and transfer first let the audio already queued for the caller play
+    out (at most ``drain_s``), so the goodbye is heard whole.
+    """
+    from voice.tools import CallControl
+
+    async def drained() -> None:
+        deadline = asyncio.get_running_loop().time() + drain_s
+        while call.audio.buffered_ms() > 0 and not call.ended and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def hangup() -> None:
+        await drained()
+        call.hangup()
+
+    async def transfer(uri: str) -> None:
+        await drained()
+        call.transfer(uri)
+
+    return CallControl(hangup=hangup, transfer=transfer, send_dtmf=call.send_dtmf)
+
+
 async def pipeline_session(call: SIPCall, runtime: Any, app_settings: Any) -> None:
     """The real agent: the shared pipeline and turn-taking controller on this call."""
     from voice.session import run_session
 
     await run_session(SIPCallTransport(call), runtime, app_settings, transport_name="sip",
                       session_id=call.session_id, echo_guard=True,
-                      caller=call.caller, callee=call.callee)
+                      caller=call.caller, callee=call.callee, call_control=call_control(call))
 
 
 class EchoResponder(FrameProcessor):
