@@ -18,7 +18,7 @@ APT_TEST := $(APT_RUN) libsox-fmt-all chromium chromium-driver sip-tester baresi
 # in without deps; what they really need is in the [native] extra.
 NO_DEPS := moshi==0.2.13 snac==1.2.1 openai-whisper==20250625
 
-.PHONY: run test install system-deps-run system-deps-test sip-front bench bench-endpoint bench-latency bench-load bench-soak bench-sip clean
+.PHONY: run test install system-deps-run system-deps-test sip-front bench bench-endpoint bench-latency bench-load bench-soak bench-sip bench-sip-latency bench-phone-wer clean
 
 run: system-deps-run $(STAMP)
 	$(VENV)/bin/voice serve
@@ -95,6 +95,17 @@ bench-soak: system-deps-run $(STAMP)
 SIP_CALLS ?= 10 12
 bench-sip: system-deps-test $(STAMP)
 	@rc=0; for k in $(SIP_CALLS); do $(PY) -m bench.sip_load --calls $$k --out out/bench-sip || rc=1; done; exit $$rc
+
+# One phone call per question (SIPp, PCMU) against a fresh agent: voice-to-voice on the wire, median/p90/max,
+# then the same questions in process (bench.latency). NEIGHBOUR=shell|python|numpy|llama|whisper|ort keeps a
+# CPU-bound process busy on one core throughout (out/bench-sip-latency/). Needs CAP_NET_RAW.
+NEIGHBOUR ?= none
+bench-sip-latency: system-deps-test $(STAMP)
+	$(PY) -m bench.sip_latency --n 12 --inprocess --neighbour $(NEIGHBOUR) --out out/bench-sip-latency/$(NEIGHBOUR)
+
+# Word error rate on phone audio (G.711 / G.722 through the SIP path's resampling) against 16 kHz (out/phone-wer/).
+bench-phone-wer: system-deps-run $(STAMP)
+	$(PY) -m bench.phone_wer --out out/phone-wer
 
 clean:
 	rm -rf $(VENV) out test-output
