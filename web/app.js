@@ -67,7 +67,8 @@ function addLine(kind, text) {
   li.className = kind;
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = kind.startsWith("user") ? "You" : kind.startsWith("agent") ? "Agent" : "";
+  who.textContent = kind.startsWith("user") ? "You" : kind.startsWith("agent") ? "Agent"
+    : kind.startsWith("tool") ? "Tool" : "";
   const body = document.createElement("span");
   body.className = "text";
   body.textContent = text;
@@ -102,6 +103,31 @@ function agentText(turn, text) {
   } else {
     entry.agentText = `${entry.agentText} ${text.trim()}`.trim();
     setLineText(entry.agent, entry.agentText);
+  }
+}
+
+// Tool calls (voice/tools): one line per call, completed by its result.
+const toolLines = new Map();
+
+function toolArgs(args) {
+  try { return JSON.stringify(args ?? {}); } catch { return "{}"; }
+}
+
+function toolCall(e) {
+  toolLines.set(e.id, addLine("tool pending", `${e.name} ${toolArgs(e.arguments)} …`));
+}
+
+function toolResult(e) {
+  const what = e.ok ? `→ ${String(e.result ?? "").slice(0, 160)}` : `→ error: ${e.error}`;
+  const text = `${e.name} ${what}`;
+  const li = toolLines.get(e.id);
+  if (li) {
+    setLineText(li, `${li.querySelector(".text").textContent.replace(/ …$/, "")} ${what}`);
+    li.classList.remove("pending");
+    li.classList.toggle("failed", !e.ok);
+    toolLines.delete(e.id);
+  } else {
+    addLine(e.ok ? "tool" : "tool failed", text);
   }
 }
 
@@ -318,6 +344,16 @@ function onEvent(e) {
       break;
     case "barge_in":
       markInterrupted();
+      break;
+    case "tool_call":
+      toolCall(e);
+      break;
+    case "tool_result":
+      toolResult(e);
+      break;
+    case "call_action":
+      addLine("note", e.action === "hangup" ? "the agent ended the call"
+        : e.action === "transfer" ? `the agent transferred the call to ${e.target}` : `the agent pressed ${e.target}`);
       break;
     case "turn_metrics":
       latencyRow(e);
