@@ -329,3 +329,36 @@ def test_talk_bad_tool_input_apologises_and_other_session_unaffected(tmp_path, s
     h = _heard(healthy, tmp_path / "good.wav", transcriber)
     assert "rain" in h[0] and "sunny" in h[1], h
     assert all(r["ok"] for r in healthy.events.of("tool_result")) and not healthy.events.of("error")
+
+
+@pytest.mark.slow
+def test_talk_barge_in_during_a_tool_call_drops_it(tmp_path, settings, runtime, transcriber):
+    """The user asks about London (a slow tool), hears "One moment.", and asks about Paris before the
+    result is back: that is a barge-in. The London call is cancelled and its result dropped (never
+    said, not in the conversation); Paris is answered. (The documented policy: calls still running at a
+    barge-in are dropped, finished ones are kept.)"""
+    from tests.conftest import concat, speak
+    from voice.audio import read_wav, write_wav
+    from voice.talk import talk_file
+
+    q1 = read_wav(speak("What is the weather in London?", tmp_path / "q1.wav", lead_s=0, tail_s=0))
+    q2 = read_wav(speak("What is the weather in Paris?", tmp_path / "q2.wav", lead_s=0, tail_s=0))
+    wav = tmp_path / "q.wav"
+    write_wav(wav, concat([0.5, q1, 4.5, q2, 7.0]), 16000)  # q2 after the filler has played
+    with ToolHTTPServer(delays={"london": 8.0}) as srv, ScriptedLLM() as llm:
+        s = _settings(settings, tmp_path, url=llm.url, allowed=["get_weather"], http=[weather_tool(srv.url,
+                                                                                                    timeout_s=10)])
+        result = asyncio.run(talk_file(wav, tmp_path / "o.wav", None, s, runtime=runtime))
+        requests = list(llm.requests)
+    ev = result.events
+    said = transcriber.transcribe(read_wav(tmp_path / "o.wav")).lower()
+    print("said:", said)
+    assert "moment" in said and "sunny" in said, said
+    assert "rain" not in said, "the dropped London result must not be spoken"
+    assert ev.of("barge_in") or ev.of("speculation_discarded"), [e["event"] for e in ev.events][-40:]
+    results = {r["name"] + ":" + str(r["ok"]): r for r in ev.of("tool_result")}
+    cancelled = [r for r in ev.of("tool_result") if not r["ok"]]
+    assert len(cancelled) == 1 and "cancelled" in cancelled[0]["error"], results
+    assert [r["ok"] for r in ev.of("tool_result")].count(True) == 1
+    last = requests[-1]["messages"]
+    assert not any(m["role"] == "tool" and "London" in m["content"] for m in last), last

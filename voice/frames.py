@@ -67,6 +67,14 @@ class ReplyReleasedFrame(SystemFrame):
 
 
 @dataclass
+class ReplyPendingFrame(SystemFrame):
+    """Upstream from the LLM service: the reply is not finished although its audio may pause
+    (a filler was said while a tool runs, voice/tools); ``pending`` False when it is."""
+
+    pending: bool = False
+
+
+@dataclass
 class TurnProbabilityFrame(SystemFrame):
     """Smart Turn's probability that the user's turn is complete, for audio up to ``audio_end``."""
 

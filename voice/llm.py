@@ -177,13 +177,18 @@ class EndpointLLMService(OpenAILLMService):
         await super()._push_llm_text(text)
 
     async def _process_context(self, context):
+        # Tool rounds call this again from inside (voice/tools/calls.py); depth 1 is the reply itself.
         self._depth += 1
         try:
             await super()._process_context(context)
+            if self._depth == 1 and self._tools is not None:
+                await self._tools.finish(self)
+        except Exception:
+            if self._depth == 1 and self._tools is not None:
+                await self._tools.settle(self)  # the turn fails (apology): no answer is pending any more
+            raise
         finally:
             self._depth -= 1
-        if self._depth == 0 and self._tools is not None:
-            await self._tools.finish(self)
 
     def register_function(self, function_name, *args, **kwargs):
         if function_name not in self.allowed_tools:

@@ -38,7 +38,9 @@ import json
 
 from loguru import logger
 from pipecat.frames.frames import LLMTextFrame
+from pipecat.processors.frame_processor import FrameDirection
 
+from voice.frames import ReplyPendingFrame
 from voice.tools.actions import CallActionFrame, PendingActions
 from voice.tools.base import ToolSet
 from voice.tools.config import ToolsSettings
@@ -88,6 +90,7 @@ class ToolCalling:
     def interrupted(self) -> None:
         self._unreleased = []
         self.pending.clear()
+        self._filler_said = False
 
     def after_reply_frames(self) -> list[CallActionFrame]:
         """Actions that run once the reply has played (end_call, transfer_call)."""
@@ -110,10 +113,15 @@ class ToolCalling:
                 self._filler_said = True
                 self.events.emit("tool_filler", turn=turn, text=self.settings.filler)
                 await service.push_frame(LLMTextFrame(self.settings.filler + " "))
+                # The filler's audio will stop before the answer comes: not the end of the reply.
+                await service.push_frame(ReplyPendingFrame(pending=True), FrameDirection.UPSTREAM)
             outcomes = await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()  # a barge-in cancelled us: the calls still running go with the reply
+            for c, t in zip(function_calls, tasks):
+                if not t.done() or t.cancelled():  # a barge-in cancelled us: calls still running go with it
+                    t.cancel()
+                    self.events.emit("tool_result", turn=turn, id=c.tool_call_id, name=c.function_name, ok=False,
+                                     seconds=None, result=None, error="cancelled: the user spoke")
         messages: list[dict] = [{
             "role": "assistant", "content": "",
             "tool_calls": [{"id": c.tool_call_id, "type": "function",
@@ -144,6 +152,12 @@ class ToolCalling:
         if self._hangup_asked and not self._text_pushed and self.settings.goodbye:
             self._text_pushed = True
             await service.push_frame(LLMTextFrame(self.settings.goodbye + " "))
+        await self.settle(service)
+
+    async def settle(self, service) -> None:
+        """The reply's text is all out (or it was cut): its audio stopping now ends it."""
+        if self._filler_said:
+            await service.push_frame(ReplyPendingFrame(pending=False), FrameDirection.UPSTREAM)
 
     async def _one(self, call):
         tool = self.toolset.tools.get(call.function_name)

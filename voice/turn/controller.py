@@ -326,7 +326,11 @@ class TurnController:
             return self._set(State.AGENT_SPEAKING, t)
         return []
 
-    def on_agent_audio_stopped(self, t: float) -> list[Action]:
-        if self.state in (State.AGENT_SPEAKING, State.THINKING):
+    def on_agent_audio_stopped(self, t: float, *, reply_pending: bool = False) -> list[Action]:
+        """``reply_pending``: what played was a filler and the reply is still coming (a tool
+        is running, voice/tools): the agent is thinking, not done; talking now is a barge-in."""
+        if reply_pending and self.state == State.AGENT_SPEAKING:
+            return self._set(State.THINKING, t)
+        if self.state in (State.AGENT_SPEAKING, State.THINKING) and not reply_pending:
             return self._set(State.LISTENING, t)
         return []

@@ -23,6 +23,7 @@ from voice.conversation import Conversation
 from voice.events import EventLog
 from voice.frames import (
     ReplyHeldFrame,
+    ReplyPendingFrame,
     ReplyReleasedFrame,
     SpeculativeContextFrame,
     SpeechPendingFrame,
@@ -52,6 +53,7 @@ class TurnProcessor(FrameProcessor):
         self._out_rate: int | None = None
         self._samples = 0
         self._speculation: SpeculativeContextFrame | None = None  # the held reply's context frame
+        self._reply_pending = False  # a tool runs after a filler: the reply is still coming
 
     async def setup(self, setup):
         await super().setup(setup)
@@ -83,6 +85,7 @@ class TurnProcessor(FrameProcessor):
         if self._speculation is not None:
             self._speculation.discarded = True  # before the interruption: see SpeculativeContextFrame
             self._speculation = None
+        self._reply_pending = False
         await self.broadcast_interruption()
 
     async def _do_commit(self, a, turn: int) -> None:
@@ -113,6 +116,7 @@ class TurnProcessor(FrameProcessor):
     async def _do_interrupt(self, a, turn: int) -> None:
         self.events.emit("barge_in", turn=turn, t=a.data["t"], onset=a.data["onset"], during=a.data["state"])
         self.conversation.close_agent_turn(interrupted=True)
+        self._reply_pending = False  # the reply a tool was working on is dropped with the rest
         await self.broadcast_interruption()
 
     async def _do_resume(self, a, turn: int) -> None:
@@ -184,6 +188,9 @@ class TurnProcessor(FrameProcessor):
         if isinstance(frame, InterimTranscriptionFrame):
             self.events.emit("asr_partial", turn=c.turn, text=frame.text)
             return
+        if isinstance(frame, ReplyPendingFrame):
+            self._reply_pending = frame.pending
+            return
         if isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.UPSTREAM:
             if not self._backchannel_playing:
                 await self._agent_audio_started()
@@ -193,7 +200,7 @@ class TurnProcessor(FrameProcessor):
             else:
                 self.events.emit("agent_audio_stop", turn=self.conversation.current_turn)
                 self.conversation.close_agent_turn()
-                await self._apply(c.on_agent_audio_stopped(self.now))
+                await self._apply(c.on_agent_audio_stopped(self.now, reply_pending=self._reply_pending))
         elif isinstance(frame, ErrorFrame) and direction == FrameDirection.UPSTREAM:
             self.events.emit("error", turn=c.turn, error=str(frame.error))
             if c.state == State.THINKING or c.speculating is not None:
