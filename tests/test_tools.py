@@ -19,13 +19,13 @@ from bench.tool_servers import ScriptedLLM, ToolHTTPServer, weather_tool
 from tests.conftest import ROOT
 
 
-def _settings(settings, tmp_path, *, url="http://127.0.0.1:9/v1", allowed=(), http=(), **tools):
+def _settings(settings, tmp_path, *, url="http://127.0.0.1:9/v1", allowed=(), http=(), mcp=(), **tools):
     from voice.settings import ToolsSettings
 
     return settings.model_copy(update={
         "data_dir": tmp_path / "data",
         "llm": settings.llm.model_copy(update={"backend": "openai", "base_url": url, "allowed_tools": list(allowed)}),
-        "tools": ToolsSettings(http=list(http), **tools)})
+        "tools": ToolsSettings(http=list(http), mcp=list(mcp), **tools)})
 
 
 def _toolset(s, control=None):
@@ -362,3 +362,126 @@ def test_talk_barge_in_during_a_tool_call_drops_it(tmp_path, settings, runtime, 
     assert [r["ok"] for r in ev.of("tool_result")].count(True) == 1
     last = requests[-1]["messages"]
     assert not any(m["role"] == "tool" and "London" in m["content"] for m in last), last
+
+
+# ------------------------------------------------------------------ MCP servers (a real server process)
+
+MCP_SERVER = ROOT / "tests" / "tools" / "calendar_mcp.py"
+
+
+def _mcp_calls(log) -> list[str]:
+    return [json.loads(line)["tool"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.fixture
+def mcp_http(tmp_path):
+    """The calendar MCP server as a streamable-HTTP process on loopback: (url, calls log)."""
+    import socket
+    import time
+
+    from voice.transports.sip.front import free_port
+
+    log = tmp_path / "http_calls.jsonl"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(MCP_SERVER), str(log), "--http", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}/mcp", log
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # uvicorn waits for the slow call's connection to finish
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_mcp_server_tools_only_the_allowed_ones(settings, tmp_path, transport, request):
+    """A real MCP server (stdio subprocess, or streamable HTTP): its allowed tools are offered with
+    the server's schemas and answer; a tool the settings do not allow is neither offered nor reached;
+    one that hangs times out into a short error."""
+    from voice.tools.config import MCPServerSettings
+    from voice.tools.registry import connect_mcp
+
+    if transport == "stdio":
+        log = tmp_path / "stdio_calls.jsonl"
+        server = MCPServerSettings(name="calendar", command=[sys.executable, str(MCP_SERVER), str(log)],
+                                   timeout_s=2)
+    else:
+        url, log = request.getfixturevalue("mcp_http")
+        server = MCPServerSettings(name="calendar", url=url, timeout_s=2)
+    s = _settings(settings, tmp_path, allowed=["next_meeting", "slow_meeting", "get_time"], mcp=[server])
+    toolset, _ = _toolset(s)
+
+    async def go():
+        try:
+            await connect_mcp(s, toolset)
+            return (toolset.names(), toolset.tools["next_meeting"].parameters,
+                    await toolset.run("next_meeting", {"day": "monday"}),
+                    await toolset.run("next_meeting", {"when": "monday"}),
+                    await toolset.run("delete_calendar", {}),
+                    await toolset.run("slow_meeting", {"day": "friday"}),
+                    await toolset.run("next_meeting", {"day": "tuesday"}))
+        finally:
+            await toolset.aclose()
+
+    names, params, ok, bad_args, forbidden, slow, after = asyncio.run(go())
+    assert names == ["get_time", "next_meeting", "slow_meeting"]
+    assert params["properties"]["day"]["type"] == "string" and params["required"] == ["day"]
+    assert ok.ok and json.loads(ok.content)["meeting"] == "the team call at ten on monday"
+    assert not bad_args.ok and "'day' is a required property" in bad_args.content
+    assert not forbidden.ok and "no tool named 'delete_calendar'" in forbidden.content
+    assert not slow.ok and "did not answer within 2 s" in slow.content
+    assert after.ok, after
+    assert _mcp_calls(log) == ["next_meeting", "slow_meeting", "next_meeting"], "delete_calendar was reached"
+
+
+def test_mcp_server_that_cannot_start_is_one_logged_line(settings, tmp_path):
+    from loguru import logger
+
+    from voice.tools.config import MCPServerSettings
+    from voice.tools.registry import connect_mcp
+
+    s = _settings(settings, tmp_path, allowed=["next_meeting", "get_time"], mcp=[
+        MCPServerSettings(name="broken", command=[sys.executable, "-c", "import sys; sys.exit(3)"],
+                          connect_timeout_s=20)])
+    toolset, _ = _toolset(s)
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(str(m)), level="ERROR", format="{message}")
+    try:
+        asyncio.run(connect_mcp(s, toolset))
+    finally:
+        logger.remove(sink)
+    assert toolset.names() == ["get_time"]  # the session goes on with the other tools
+    mine = [e for e in errors if "MCP server 'broken'" in e]
+    assert len(mine) == 1 and mine[0].count("\n") <= 1, errors
+
+
+@pytest.mark.slow
+def test_talk_mcp_tool_by_voice(tmp_path, settings, runtime, transcriber):
+    """By voice, through a real MCP server process (stdio): "what is on my calendar" calls its
+    next_meeting tool, the answer carries its result; the server's other tools are not offered."""
+    from voice.audio import read_wav
+    from voice.talk import talk_file
+    from voice.tools.config import MCPServerSettings
+
+    log = tmp_path / "calls.jsonl"
+    wav = _questions(tmp_path, "What is on my calendar?")
+    with ScriptedLLM() as llm:
+        s = _settings(settings, tmp_path, url=llm.url, allowed=["next_meeting"], mcp=[
+            MCPServerSettings(name="calendar", command=[sys.executable, str(MCP_SERVER), str(log)])])
+        result = asyncio.run(talk_file(wav, tmp_path / "o.wav", None, s, runtime=runtime))
+        requests = list(llm.requests)
+    said = transcriber.transcribe(read_wav(tmp_path / "o.wav")).lower()
+    print("said:", said)
+    assert "meeting" in said and "team" in said and "monday" in said, said
+    assert [t["function"]["name"] for t in requests[0]["tools"]] == ["next_meeting"]
+    assert [(r["name"], r["ok"]) for r in result.events.of("tool_result")] == [("next_meeting", True)]
+    assert _mcp_calls(log) == ["next_meeting"]
