@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q torch==2.13.0
 	@echo ">> installing the service; the first time, pip compiles llama-cpp-python (about 10 minutes on 2 cores)"
-	$(PIP) install --progress-bar off -e '.[native,bench,dev,livekit]'
+	$(PIP) install --progress-bar off -e '.[native,bench,dev,livekit,mcp]'
 	$(PIP) install -q --no-deps $(NO_DEPS)
 	$(PY) -c "import torch, llama_cpp, faster_whisper, piper, pipecat, moshi, snac, livekit.agents; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
