@@ -42,7 +42,7 @@ COPY bench ./bench
 COPY web ./web
 COPY deploy/kamailio ./deploy/kamailio
 # Editable install: the service finds web/ beside voice/ (voice/service.py WEB_DIR).
-RUN pip install -e ".[native,livekit]" \
+RUN pip install -e ".[native,livekit,mcp]" \
  && pip install --no-deps moshi==0.2.13 snac==1.2.1 openai-whisper==20250625 \
  && python -c "import torch, llama_cpp, faster_whisper, piper, pipecat, livekit.agents; print('torch', torch.__version__)"
 
