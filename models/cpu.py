@@ -114,3 +114,73 @@ class TrackedExecutor(ThreadPoolExecutor):
             raise
         future.add_done_callback(lambda f: f.cancelled() and self._finished())  # never ran
         return future
+
+
+class CpuWatch:
+    """How many cores other processes keep busy, read from /proc every ``interval_s`` (Linux).
+
+    The models size their thread pools for the whole machine. When another
+    process takes one of two cores, a reply generating on two llama.cpp threads
+    has one of them share a core with it: the threads meet at a barrier after
+    every operation, and each meeting then waits for the scheduler to hand that
+    thread its slice back. :meth:`free_cores` lets a reply use only the cores
+    nobody else is using. A daemon thread samples the system's busy time
+    (``/proc/stat``) minus this process's own (``/proc/self/stat``); off Linux,
+    or if ``/proc`` cannot be read, every core counts as free.
+    """
+
+    def __init__(self, interval_s: float = 0.5, cpus: int | None = None, start: bool = True):
+        self.interval_s = interval_s
+        try:
+            self.cpus = cpus or len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cpus = cpus or os.cpu_count() or 1
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.others = 0.0  # cores busy with other processes over the last interval
+        self._last = self._read()
+        self._stop = threading.Event()
+        self._thread = None
+        if start and self._last is not None:
+            self._thread = threading.Thread(target=self._run, name="cpu-watch", daemon=True)
+            self._thread.start()
+
+    @staticmethod
+    def _read() -> tuple[float, int, int] | None:
+        """(monotonic time, system busy ticks, this process's ticks), or None without /proc."""
+        import time
+
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            own = int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(vals) - vals[3] - vals[4]  # all but idle and iowait
+        return time.monotonic(), busy, own
+
+    def sample(self) -> float:
+        """Take a reading now; returns (and keeps) the cores other processes used since the last one."""
+        cur = self._read()
+        if cur is None or self._last is None:
+            return self.others
+        dt = (cur[0] - self._last[0]) * self._tick
+        if dt > 0:
+            self.others = max(0.0, ((cur[1] - self._last[1]) - (cur[2] - self._last[2])) / dt)
+        self._last = cur
+        return self.others
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def free_cores(self) -> float:
+        return max(0.0, self.cpus - self.others)
+
+    def threads_for(self, wanted: int) -> int:
+        """``wanted`` threads, but no more than the cores others leave free (at least one)."""
+        return max(1, min(wanted, int(self.free_cores() + 0.3)))
+
+    def close(self) -> None:
+        self._stop.set()

@@ -98,3 +98,74 @@ def test_runtime_models_and_their_executors_run_at_model_priority():
     assert seen["started"] == {tid: lowered for tid in seen["started"]}
     assert seen["reply"] == lowered and seen["analysis"] == lowered
     assert seen["main"] == _nice()  # the main thread (the event loop's) is left alone
+
+
+# ---------------------------------------------------------------- CpuWatch (issue 20)
+
+def test_cpu_watch_counts_other_processes_busy_time_and_not_its_own(monkeypatch):
+    """The arithmetic on /proc readings: system busy ticks minus this process's own, per second."""
+    from models.cpu import CpuWatch
+
+    watch = CpuWatch(cpus=2, start=False)
+    watch._tick = 100
+    readings = iter([(0.0, 0, 0), (1.0, 150, 50), (2.0, 210, 100), (3.0, 400, 100)])
+    monkeypatch.setattr(watch, "_read", lambda: next(readings))
+    watch._last = watch._read()
+    assert watch.sample() == pytest.approx(1.0)  # 150 busy, 50 of them ours: another process had a core
+    assert watch.threads_for(2) == 1
+    assert watch.sample() == pytest.approx(0.1)  # our own work does not count against us
+    assert watch.threads_for(2) == 2
+    assert watch.sample() == pytest.approx(1.9)
+    assert watch.threads_for(2) == 1, "never fewer than one thread"
+
+
+def test_cpu_watch_sees_a_busy_neighbour_process_and_leaves_its_core_alone():
+    """A real neighbour: a shell busy loop in another process. While it runs, a 2-thread reply
+    would have one thread share its core, so the watch allows one thread."""
+    import subprocess
+    import time
+
+    from models.cpu import CpuWatch
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc")
+    watch = CpuWatch(interval_s=0.25, cpus=2)
+    neighbour = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    try:
+        time.sleep(1.5)  # a few samples with the neighbour running (not a timing assertion)
+        assert watch.others >= 0.3, watch.others
+        assert watch.threads_for(2) == 1
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+        watch.close()
+
+
+def test_the_runtime_llm_drops_to_one_thread_while_another_process_takes_a_core():
+    """voice/runtime.py wires the watch into the local LLM's thread choice: with a busy neighbour,
+    a lone reply generates on one llama.cpp thread, not on the two a quiet machine gets."""
+    import subprocess
+    import time
+
+    import llama_cpp
+
+    from voice.runtime import Runtime
+    from voice.settings import Settings
+
+    runtime = Runtime.load(Settings())
+    llm = runtime.local_llm
+    assert llm is not None and llm.threads == 2
+    from models.llm import build_prompt
+
+    neighbour = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    try:
+        time.sleep(1.5)
+        pieces = llm.stream(build_prompt("You are a helpful assistant.", [{"role": "user", "content": "Why is the sky blue?"}]),
+                            max_tokens=8, temperature=0.0)
+        next(pieces)
+        ctx = llm.contexts[0]._ctx.ctx
+        assert llama_cpp.llama_n_threads(ctx) == 1
+        pieces.close()
+    finally:
+        neighbour.kill()
+        neighbour.wait()

@@ -13,7 +13,7 @@ from loguru import logger
 
 from models.asr import BatchingTranscriber, Transcriber, load_transcriber
 from models.backchannel import synthesize_backchannels
-from models.cpu import TrackedExecutor, model_executor
+from models.cpu import CpuWatch, TrackedExecutor, model_executor
 from models.llm import LocalLLM, load_local_llm
 from models.tts import PiperSynth
 from models.turn import SmartTurn
@@ -121,8 +121,15 @@ class Runtime:
         sessions = LiveSessions()
         local_llm = None
         if settings.llm.backend == "llama-cpp" and settings.pipeline == "cascaded":
+            # Another process busy on a core (issue 20): a reply on more threads than the cores
+            # left free has one share a core with it, and llama.cpp's threads wait for each other
+            # after every operation (next to a llama.cpp neighbour on one of 2 cores: first token
+            # 3.7 s, a one-sentence reply 4-16 s on 2 threads; 0.04 s and 0.12-0.21 s on one).
+            cpu = CpuWatch()
+            want = settings.llm.threads
             local_llm = load_local_llm(settings.llm, speech_first=synth.speech_first,
-                                       busy_elsewhere=lambda: analysis.in_flight > 0 or sessions.count > 1)
+                                       busy_elsewhere=lambda: analysis.in_flight > 0 or sessions.count > 1
+                                       or cpu.threads_for(want) < want)
             local_llm.warm_up(settings.llm.system_prompt)
         smart_turn = SmartTurn()
         backchannels = synthesize_backchannels(synth)
