@@ -6,6 +6,7 @@ with a lock because CTranslate2 and torch already use every core per call.
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,6 +31,46 @@ class Transcriber(Protocol):
     def transcribe(self, audio: np.ndarray) -> str: ...
 
     def transcribe_words(self, audio: np.ndarray) -> list[Word]: ...
+
+
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def drop_repeated_sentences(text: str) -> str:
+    """Cut a transcript where it starts saying its first sentences again.
+
+    Greedy whisper tiny on narrowband (8 kHz phone) audio sometimes loops inside
+    one segment, no timestamp between the copies: "Can you recommend a dog boat
+    for the weekend? Can you recommend the dog boat for a weekend? Can you
+    recommend" (seen on the SIP path, issue 20). The unfinished last copy then
+    reads as an unfinished turn and the reply waited 1.3-2.5 s. A copy is a later
+    sentence of at least three words that opens with the same two words as an
+    earlier one and shares at least 60 % of its words with it, both ways, being
+    at most half again as long (the last sentence, which may be cut off: 80 % of
+    its own words); it and everything after it go.
+    """
+    sentences = _SENTENCE_END.split(text)
+    if len(sentences) < 2:
+        return text
+    kept: list[str] = []
+    for i, sentence in enumerate(sentences):
+        w = set(_words(sentence))
+        first = _words(sentence)[:2]
+        for earlier in kept:
+            e = set(_words(earlier))
+            if len(_words(sentence)) < 3 or first != _words(earlier)[:2]:
+                continue
+            shared = len(w & e)
+            last = i == len(sentences) - 1
+            if (last and shared >= 0.8 * len(w)) or (shared >= 0.6 * len(e) and shared >= 0.6 * len(w)
+                                                     and len(w) <= 1.5 * len(e)):
+                return " ".join(kept)
+        kept.append(sentence)
+    return text
 
 
 def _window_for(seconds: float, max_window: float) -> int:
@@ -105,7 +146,7 @@ class FasterWhisperTranscriber:
         for res, bound, audio in zip(results, bounds, audios):
             ids = self._ids_within(res.sequences_ids[0], len(audio) / SAMPLE_RATE)[:bound]
             # Whisper invents "you"/"Thank you." on noise: trust the no-speech head when it is sure.
-            texts.append("" if res.no_speech_prob > 0.5 else self._tokenizer.decode(ids).strip())
+            texts.append("" if res.no_speech_prob > 0.5 else drop_repeated_sentences(self._tokenizer.decode(ids).strip()))
         return texts
 
     def _ids_within(self, ids: list[int], duration: float) -> list[int]:
