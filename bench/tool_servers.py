@@ -143,8 +143,17 @@ DEFAULT_SCRIPT: dict[str, list[tuple[str, dict]]] = {
 }
 
 
-def scripted_answer(messages: list[dict]) -> tuple[str, Any]:
-    """("text", reply) or ("tools", [(name, args), ...]) for this conversation."""
+def weather_sentence(data: dict) -> str:
+    return f"It is {number_words(data['temp_c'])} degrees and {data['sky']} in {data['city']}."
+
+
+def scripted_answer(messages: list[dict], tools: list[str] | None = None) -> tuple[str, Any]:
+    """("text", reply) or ("tools", [(name, args), ...]) for this conversation.
+
+    ``tools``: the names the request offers; a call to an offered one is asked for
+    only if offered (the benchmark's baseline offers none and gets the same
+    weather sentence straight away, as from a model that knew it). None: no check.
+    """
     last = messages[-1] if messages else {}
     if last.get("role") == "tool":
         results = []
@@ -174,11 +183,15 @@ def scripted_answer(messages: list[dict]) -> tuple[str, Any]:
         except json.JSONDecodeError:
             return "text", "Here is what I found."
         if "temp_c" in data:
-            return "text", f"It is {number_words(data['temp_c'])} degrees and {data['sky']} in {data['city']}."
+            return "text", weather_sentence(data)
         if "time" in data:
             return "text", f"It is {data['time']} now."
         return "text", "Here is what I found."
     said = str(last.get("content", "")).lower()
+    if tools is not None and not tools:
+        city = next((c for c in WEATHER if c in said), None)
+        if city is not None:
+            return "text", weather_sentence(WEATHER[city])
     for word, calls in DEFAULT_SCRIPT.items():
         if word in said:
             return "tools", calls
@@ -188,11 +201,13 @@ def scripted_answer(messages: list[dict]) -> tuple[str, Any]:
 class _LLMHandler(http.server.BaseHTTPRequestHandler):
     requests: list
     ttft_s: float = 0.0
+    baseline: bool = False
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         type(self).requests.append(body)
-        kind, answer = scripted_answer(body.get("messages", []))
+        offered = [t["function"]["name"] for t in body.get("tools", [])]
+        kind, answer = scripted_answer(body.get("messages", []), offered if self.baseline else None)
         if self.ttft_s:
             time.sleep(self.ttft_s)
         try:
@@ -224,10 +239,13 @@ class _LLMHandler(http.server.BaseHTTPRequestHandler):
 
 
 class ScriptedLLM(_Threaded):
+    """``ttft_s``: each answer starts this late (a model's time to first token).
+    ``baseline``: with no tools offered, weather questions are answered at once."""
+
     handler = _LLMHandler
 
-    def __init__(self, ttft_s: float = 0.0):
-        super().__init__(ttft_s=ttft_s)
+    def __init__(self, ttft_s: float = 0.0, baseline: bool = False):
+        super().__init__(ttft_s=ttft_s, baseline=baseline)
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
 

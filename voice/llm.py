@@ -197,11 +197,8 @@ class EndpointLLMService(OpenAILLMService):
 
     async def run_function_calls(self, function_calls):
         if self._tools is not None and self._tools.toolset:
-            # Offered tools: unknown names and bad arguments go back to the model as tool errors.
-            for call in function_calls:
-                if call.function_name not in self.allowed_tools:
-                    logger.warning(f"refused a tool call the LLM returned: {call.function_name!r} "
-                                   f"is not in llm.allowed_tools")
+            # Offered tools: unknown names and bad arguments go back to the model as tool errors
+            # (ToolSet.run logs each in one line); the tool set holds only allowed names.
             await self._tools.run(self, function_calls)
             return
         allowed = []
