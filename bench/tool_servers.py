@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 WEATHER = {
     "paris": {"city": "Paris", "temp_c": 12, "sky": "sunny"},
-    "london": {"city": "London", "temp_c": 9, "sky": "rainy"},
-    "madrid": {"city": "Madrid", "temp_c": 20, "sky": "cloudy"},
+    "london": {"city": "London", "temp_c": 9, "sky": "cloudy"},  # whisper heard "rainy" as "reigning"
+    "madrid": {"city": "Madrid", "temp_c": 20, "sky": "rainy"},
 }
 
 
