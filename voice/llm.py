@@ -158,6 +158,8 @@ class EndpointLLMService(OpenAILLMService):
         elif isinstance(frame, InterruptionFrame):
             self._tools.interrupted()
         elif isinstance(frame, (EndFrame, CancelFrame)):
+            if self._tools_ready is not None and not self._tools_ready.done():
+                self._tools_ready.cancel()  # the session ends before its MCP servers answered
             await self._tools.aclose()
         if isinstance(frame, LLMContextFrame):
             if self._tools_ready is not None:
