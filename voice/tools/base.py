@@ -67,6 +67,7 @@ class ToolSet:
     tools: dict[str, Tool] = field(default_factory=dict)
     max_result_chars: int = 4000
     _validators: dict[str, Any] = field(default_factory=dict, repr=False)
+    _closers: list = field(default_factory=list, repr=False)
 
     def add(self, tool: Tool) -> None:
         self.tools[tool.name] = tool
@@ -134,6 +135,10 @@ class ToolSet:
         logger.warning(f"tool error: {error}")
         return ToolOutcome(name, False, f"error: {error}", time.monotonic() - t0, error)
 
+    def on_close(self, closer) -> None:
+        """``await closer()`` when the session ends (an MCP connection)."""
+        self._closers.append(closer)
+
     async def aclose(self) -> None:
         for closer in {id(c): c for c in self._closers}.values():
             try:
@@ -141,5 +146,3 @@ class ToolSet:
             except Exception as e:
                 logger.debug(f"tool cleanup failed: {e}")
         self._closers.clear()
-
-    _closers: list = field(default_factory=list, repr=False)

@@ -69,7 +69,7 @@ async def connect_mcp(settings, toolset: ToolSet) -> None:
         except Exception as e:
             logger.error(f"MCP server {server.name!r} is unavailable: {' '.join(str(e).split())[:300]}")
             continue
-        toolset._closers.append(close)
+        toolset.on_close(close)
         for tool in tools:
             if tool.name in toolset:
                 logger.warning(f"MCP tool {tool.name!r} of {server.name!r} clashes with another tool; skipped")
