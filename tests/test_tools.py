@@ -485,3 +485,16 @@ def test_talk_mcp_tool_by_voice(tmp_path, settings, runtime, transcriber):
     assert [t["function"]["name"] for t in requests[0]["tools"]] == ["next_meeting"]
     assert [(r["name"], r["ok"]) for r in result.events.of("tool_result")] == [("next_meeting", True)]
     assert _mcp_calls(log) == ["next_meeting"]
+
+
+def test_tools_package_imports_run_one_way():
+    """voice/tools imports neither a transport nor the session (transports -> session -> tools)."""
+    import ast
+
+    for path in (ROOT / "voice" / "tools").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("voice.transports", "voice.session", "voice.talk", "voice.service")), \
+                    f"{path.name} imports {name}"
