@@ -124,17 +124,19 @@ class CpuWatch:
     has one of them share a core with it: the threads meet at a barrier after
     every operation, and each meeting then waits for the scheduler to hand that
     thread its slice back. :meth:`free_cores` lets a reply use only the cores
-    nobody else is using. A daemon thread samples the system's busy time
-    (``/proc/stat``) minus this process's own (``/proc/self/stat``); off Linux,
-    or if ``/proc`` cannot be read, every core counts as free.
+    nobody else is using. A daemon thread samples the busy time of the cores
+    this process may run on (``/proc/stat``'s per-core lines, the affinity mask)
+    minus this process's own (``/proc/self/stat``); off Linux, or if ``/proc``
+    cannot be read, every core counts as free.
     """
 
     def __init__(self, interval_s: float = 0.5, cpus: int | None = None, start: bool = True):
         self.interval_s = interval_s
-        try:
-            self.cpus = cpus or len(os.sched_getaffinity(0))
+        try:  # the cores this process may run on (a container's cpuset too); /proc/stat is read for those only
+            self._allowed: set[int] | None = set(os.sched_getaffinity(0))
         except (AttributeError, OSError):
-            self.cpus = cpus or os.cpu_count() or 1
+            self._allowed = None
+        self.cpus = cpus or (len(self._allowed) if self._allowed else os.cpu_count() or 1)
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.others = 0.0  # cores busy with other processes over the last interval
         self._last = self._read()
@@ -144,20 +146,28 @@ class CpuWatch:
             self._thread = threading.Thread(target=self._run, name="cpu-watch", daemon=True)
             self._thread.start()
 
-    @staticmethod
-    def _read() -> tuple[float, int, int] | None:
-        """(monotonic time, system busy ticks, this process's ticks), or None without /proc."""
+    def _read(self) -> tuple[float, int, int] | None:
+        """(monotonic time, busy ticks of the cores we may use, this process's ticks), or None without /proc."""
         import time
 
         try:
+            busy = 0
             with open("/proc/stat") as f:
-                vals = [int(v) for v in f.readline().split()[1:9]]
+                for line in f:
+                    name, *fields = line.split()
+                    if not name.startswith("cpu") or name == "cpu":
+                        continue
+                    if not name[3:].isdigit():
+                        break
+                    if self._allowed is not None and int(name[3:]) not in self._allowed:
+                        continue
+                    vals = [int(v) for v in fields[:8]]
+                    busy += sum(vals) - vals[3] - vals[4]  # all but idle and iowait
             with open("/proc/self/stat") as f:
                 rest = f.read().rsplit(")", 1)[1].split()
             own = int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
         except (OSError, ValueError, IndexError):
             return None
-        busy = sum(vals) - vals[3] - vals[4]  # all but idle and iowait
         return time.monotonic(), busy, own
 
     def sample(self) -> float:

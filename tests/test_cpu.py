@@ -119,18 +119,36 @@ def test_cpu_watch_counts_other_processes_busy_time_and_not_its_own(monkeypatch)
     assert watch.threads_for(2) == 1, "never fewer than one thread"
 
 
-def test_cpu_watch_sees_a_busy_neighbour_process_and_leaves_its_core_alone():
-    """A real neighbour: a shell busy loop in another process. While it runs, a 2-thread reply
-    would have one thread share its core, so the watch allows one thread."""
+def _two_cores() -> tuple[int, int]:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    return cores[0], cores[1]
+
+
+def _busy_on(core: int):
+    """A shell busy loop, another process, pinned to ``core``."""
     import subprocess
+
+    return subprocess.Popen(["sh", "-c", "while :; do :; done"], preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+
+
+def test_cpu_watch_sees_a_busy_neighbour_process_and_leaves_its_core_alone():
+    """A real neighbour: a shell busy loop in another process on one of our two cores. While it runs,
+    a 2-thread reply would have one thread share its core, so the watch allows one thread."""
     import time
 
     from models.cpu import CpuWatch
 
-    if not os.path.exists("/proc/stat"):
-        pytest.skip("no /proc")
-    watch = CpuWatch(interval_s=0.25, cpus=2)
-    neighbour = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    a, b = _two_cores()
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {a, b})  # the watch reads the cores of the thread that builds it
+    try:
+        watch = CpuWatch(interval_s=0.25)
+    finally:
+        os.sched_setaffinity(0, saved)
+    assert watch.cpus == 2
+    neighbour = _busy_on(b)
     try:
         time.sleep(1.5)  # a few samples with the neighbour running (not a timing assertion)
         assert watch.others >= 0.3, watch.others
@@ -142,29 +160,32 @@ def test_cpu_watch_sees_a_busy_neighbour_process_and_leaves_its_core_alone():
 
 
 def test_the_runtime_llm_drops_to_one_thread_while_another_process_takes_a_core():
-    """voice/runtime.py wires the watch into the local LLM's thread choice: with a busy neighbour,
-    a lone reply generates on one llama.cpp thread, not on the two a quiet machine gets."""
-    import subprocess
+    """voice/runtime.py wires the watch into the local LLM's thread choice: with a busy neighbour on
+    one of the service's two cores, a lone reply generates on one llama.cpp thread, not two."""
     import time
 
     import llama_cpp
 
+    from models.llm import build_prompt
     from voice.runtime import Runtime
     from voice.settings import Settings
 
-    runtime = Runtime.load(Settings())
+    a, b = _two_cores()
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {a, b})  # the models' load thread, and the watch, inherit two cores
+    try:
+        runtime = Runtime.load(Settings())
+    finally:
+        os.sched_setaffinity(0, saved)
     llm = runtime.local_llm
     assert llm is not None and llm.threads == 2
-    from models.llm import build_prompt
-
-    neighbour = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    neighbour = _busy_on(b)
     try:
         time.sleep(1.5)
-        pieces = llm.stream(build_prompt("You are a helpful assistant.", [{"role": "user", "content": "Why is the sky blue?"}]),
-                            max_tokens=8, temperature=0.0)
+        prompt = build_prompt("You are a helpful assistant.", [{"role": "user", "content": "Why is the sky blue?"}])
+        pieces = llm.stream(prompt, max_tokens=8, temperature=0.0)
         next(pieces)
-        ctx = llm.contexts[0]._ctx.ctx
-        assert llama_cpp.llama_n_threads(ctx) == 1
+        assert llama_cpp.llama_n_threads(llm.contexts[0]._ctx.ctx) == 1
         pieces.close()
     finally:
         neighbour.kill()
