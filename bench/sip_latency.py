@@ -209,10 +209,13 @@ def session_turns(db_url: str, since: float) -> list[dict]:
 async def phone(n: int, hold_s: float, out: Path, neighbour: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="voice-bench-sip-latency-"))
     questions = make_questions(n, work)
+    try:
+        sniffer = Sniffer()
+    except PermissionError:
+        raise SystemExit("capturing on lo needs CAP_NET_RAW (run as root or: setcap cap_net_raw+ep on python)") from None
     sip_port, http_port = free_port(), free_port()
     log_path = out / "serve.log"
     proc = start_service(1, sip_port, http_port, work / "data", log_path)
-    sniffer = Sniffer()
     rows: list[dict] = []
     try:
         t0 = time.monotonic()
