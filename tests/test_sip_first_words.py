@@ -259,6 +259,11 @@ def test_fresh_service_hears_the_whole_first_sentence(tmp_path, service, voice, 
     text = service.first_user_text()
     print(f"{voice} {speed}, question {lead_ms} ms after the ACK: heard {text!r}")
     assert_whole_question(text)
+    # The call's session clock runs (it starts at the caller's first frame): the turn's latencies
+    # are in the record, as for every other transport.
+    turn = service.sessions()[0]["turns"][0]
+    assert turn["voice_to_voice"] is not None and turn["voice_to_voice"] > 0, turn
+    assert turn["llm_ttft"] is not None and turn["endpoint_delay"] is not None, turn
 
 
 def raw_call(sip_port: int, audio8k: np.ndarray, *, rtp_port: int | None = None, early_rtp: bool = False,

@@ -37,6 +37,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from voice.audio import resample_pcm16
+from voice.events import EventLog, SessionClock
 
 from .audio_port import SIP_RATE, EdgeUpsampler
 from .call import SIPCall
@@ -99,6 +100,10 @@ class SIPCallInputTransport(BaseInputTransport):
                 self._queue.get_nowait()
             out = self._upsampler.process(pcm)
             if out:
+                if self._transport.clock is not None:
+                    # The session's input clock starts at the caller's first frame, as on WebRTC:
+                    # every event time, latency and the echo guard's playback history read it.
+                    self._transport.clock.start()
                 await self.push_audio_frame(
                     InputAudioRawFrame(audio=out, sample_rate=PIPELINE_RATE, num_channels=1))
 
@@ -192,9 +197,11 @@ class SIPCallTransport(BaseTransport):
     ``on_client_disconnected(transport, call)`` when the caller hangs up.
     """
 
-    def __init__(self, call: SIPCall, params: TransportParams | None = None, *, name: str | None = None):
+    def __init__(self, call: SIPCall, params: TransportParams | None = None, *, name: str | None = None,
+                 clock: SessionClock | None = None):
         super().__init__(name=name or f"SIPCallTransport#{call.session_id}")
         self.call = call
+        self.clock = clock  # the session's input clock, started by the first caller frame
         self._params = params or sip_transport_params()
         self._input: SIPCallInputTransport | None = None
         self._output: SIPCallOutputTransport | None = None
@@ -249,8 +256,9 @@ async def pipeline_session(call: SIPCall, runtime: Any, app_settings: Any) -> No
     """The real agent: the shared pipeline and turn-taking controller on this call."""
     from voice.session import run_session
 
-    await run_session(SIPCallTransport(call), runtime, app_settings, transport_name="sip",
-                      session_id=call.session_id, echo_guard=True,
+    events = EventLog(call.session_id)
+    await run_session(SIPCallTransport(call, clock=events.clock), runtime, app_settings, transport_name="sip",
+                      session_id=call.session_id, echo_guard=True, events=events,
                       caller=call.caller, callee=call.callee, call_control=call_control(call))
 
 
