@@ -62,3 +62,15 @@ def transcriber(runtime):
 def output_dir() -> Path:
     TEST_OUTPUT.mkdir(exist_ok=True)
     return TEST_OUTPUT
+
+
+def session_record(settings, session_id):
+    """The session's record from the store, once every writer has flushed."""
+    from voice.store import Store, flush_writers
+
+    assert flush_writers(30)
+    store = Store.from_settings(settings)
+    try:
+        return store.get_session(session_id)
+    finally:
+        store.close()

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, concat, speak
+from tests.conftest import ROOT, concat, session_record, speak
 from voice.audio import read_wav, write_wav
 
 pytestmark = pytest.mark.slow
@@ -120,17 +120,6 @@ def _halves(result, out_path, transcriber) -> tuple[str, str]:
     return transcriber.transcribe(out[:split]).lower(), transcriber.transcribe(out[split:]).lower()
 
 
-def _record(settings, session_id):
-    from voice.store import Store, flush_writers
-
-    assert flush_writers(30)
-    store = Store.from_settings(settings)
-    try:
-        return store.get_session(session_id)
-    finally:
-        store.close()
-
-
 # ------------------------------------------------------------------------ LLM slow
 
 
@@ -147,7 +136,7 @@ def test_slow_llm_endpoint_apology_then_recovery(tmp_path, settings, runtime, tr
     first, second = _halves(result, tmp_path / "o.wav", transcriber)
     assert "sorry" in first, first
     assert "rome" in second, "the next turn must work again: " + second
-    record = _record(s, result.events.session_id)
+    record = session_record(s, result.events.session_id)
     assert record["error_count"] >= 1 and record["turn_count"] >= 2
     assert "rome" in record["turns"][-1]["agent_text"].lower()
 
@@ -218,7 +207,7 @@ def test_tts_failure_apology_recovery_and_other_session_unaffected(tmp_path, set
     h1, h2 = _halves(healthy, tmp_path / "healthy.wav", transcriber)
     assert "rome" in h1 and "chicken" in h2, (h1, h2)
 
-    rec = _record(s, faulty.events.session_id)
+    rec = session_record(s, faulty.events.session_id)
     assert rec["error_count"] >= 1
     assert any("sorry" in t["agent_text"].lower() for t in rec["turns"]), rec["turns"]
 
@@ -239,7 +228,7 @@ def test_asr_failure_apology_then_recovery(tmp_path, settings, runtime, transcri
     assert "sorry" in said, said
     assert "rome" in said, "the next turn must be answered: " + said
     assert "chicken" not in said, "the failed turn must not be answered after all"
-    rec = _record(s, result.events.session_id)
+    rec = session_record(s, result.events.session_id)
     assert rec["error_count"] >= 1 and any("ASR" in e["message"] for e in rec["errors"])
 
 

@@ -76,6 +76,23 @@ def _settings(settings, tmp_path, url, allowed, **tools):
         "tools": ToolsSettings(**tools)})
 
 
+async def _call(tmp_path, port, runtime, s, sniffer, scenario, **fields):
+    """One SIPp call (``scenario`` filled with ``fields``) to a fresh agent on ``s``, the wire sniffed:
+    (SIPp's exit code, its log, the agent's calls)."""
+    agent = SIPAgent(SIPSettings(port=port, log_level=1), runtime=runtime, app_settings=s)
+    await agent.start()
+    sniffer.start()
+    try:
+        scen = fill(HERE / scenario, tmp_path / scenario, WAIT_MS=60000, **fields)
+        rc, log = await run_sipp(scen, port, tmp_path, "-m", "1", timeout=90)
+        await asyncio.sleep(0.5)
+    finally:
+        sniffer.stop()
+        calls = list(agent.history)
+        await agent.stop()
+    return rc, log, calls
+
+
 @needs_sipp
 async def test_send_dtmf_then_end_call_reach_sipp(tmp_path, runtime, settings):
     """"Open the menu" -> send_dtmf("123"): RFC 4733 events 1, 2, 3 on the wire; "goodbye" -> end_call:
@@ -85,17 +102,7 @@ async def test_send_dtmf_then_end_call_reach_sipp(tmp_path, runtime, settings):
     port = free_port()
     with ScriptedLLM() as llm:
         s = _settings(settings, tmp_path, llm.url, ["send_dtmf", "end_call"])
-        agent = SIPAgent(SIPSettings(port=port, log_level=1), runtime=runtime, app_settings=s)
-        await agent.start()
-        sniffer.start()
-        try:
-            scen = fill(HERE / "uac_tool_bye.xml", tmp_path / "bye.xml", AUDIO=audio, WAIT_MS=60000)
-            rc, log = await run_sipp(scen, port, tmp_path, "-m", "1", timeout=90)
-            await asyncio.sleep(0.5)
-        finally:
-            sniffer.stop()
-            calls = list(agent.history)
-            await agent.stop()
+        rc, log, calls = await _call(tmp_path, port, runtime, s, sniffer, "uac_tool_bye.xml", AUDIO=audio)
         requests = list(llm.requests)
     assert rc == 0, log  # SIPp got the agent's BYE and answered it
     (call,) = calls
@@ -117,18 +124,8 @@ async def test_transfer_call_refers_only_to_the_allowed_target(tmp_path, runtime
     port = free_port()
     with ScriptedLLM() as llm:
         s = _settings(settings, tmp_path, llm.url, ["transfer_call"], transfer_targets={"operator": desk})
-        agent = SIPAgent(SIPSettings(port=port, log_level=1), runtime=runtime, app_settings=s)
-        await agent.start()
-        sniffer.start()
-        try:
-            scen = fill(HERE / "uac_tool_refer.xml", tmp_path / "refer.xml", AUDIO=audio, WAIT_MS=60000,
-                        TARGET_RE=desk.replace(".", "\\."))
-            rc, log = await run_sipp(scen, port, tmp_path, "-m", "1", timeout=90)
-            await asyncio.sleep(0.5)
-        finally:
-            sniffer.stop()
-            calls = list(agent.history)
-            await agent.stop()
+        rc, log, calls = await _call(tmp_path, port, runtime, s, sniffer, "uac_tool_refer.xml", AUDIO=audio,
+                                     TARGET_RE=desk.replace(".", "\\."))
     assert rc == 0, log
     (call,) = calls
     assert call.transfers == [desk]

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from bench.tool_servers import ScriptedLLM, ToolHTTPServer, weather_tool
-from tests.conftest import ROOT
+from tests.conftest import ROOT, session_record
 
 
 def _settings(settings, tmp_path, *, url="http://127.0.0.1:9/v1", allowed=(), http=(), mcp=(), **tools):
@@ -233,17 +233,6 @@ def _heard(result, out_path, transcriber) -> list[str]:
     return [transcriber.transcribe(out[a:b]).lower() for a, b in zip(ends, ends[1:])]
 
 
-def _record(settings, session_id):
-    from voice.store import Store, flush_writers
-
-    assert flush_writers(30)
-    store = Store.from_settings(settings)
-    try:
-        return store.get_session(session_id)
-    finally:
-        store.close()
-
-
 @pytest.mark.slow
 def test_talk_weather_tool_filler_and_end_call(tmp_path, settings, runtime, transcriber):
     """By voice: a weather question calls the HTTP tool and the answer carries its data; a slow tool
@@ -286,7 +275,7 @@ def test_talk_weather_tool_filler_and_end_call(tmp_path, settings, runtime, tran
                                                            for m in later)
     assert not [r for r in srv.requests if r["path"] != "/weather"]
 
-    record = _record(s, ev.session_id)
+    record = session_record(s, ev.session_id)
     tools = record["tool_calls"]
     assert [(t["turn"], t["name"], t["ok"]) for t in tools] == [
         (turns[0], "get_weather", True), (turns[1], "get_weather", True), (turns[2], "end_call", True)]
